@@ -1,0 +1,27 @@
+/* Private to the C core: the shape shared by every energy source. */
+#ifndef NRG_SOURCE_INTERNAL_H
+#define NRG_SOURCE_INTERNAL_H
+#include <pthread.h>
+#include "nrgloops.h"
+
+struct nrg_source;
+
+/* Fill joules[0..n_domains) with cumulative values; called with s->lock held. */
+typedef int (*nrg_read_fn)(struct nrg_source *s, double *t, double *joules);
+typedef void (*nrg_free_fn)(struct nrg_source *s);
+
+struct nrg_source {
+    pthread_mutex_t lock; /* one reader at a time: sampler or Python */
+    int n_domains;
+    uint64_t errors;
+    nrg_read_fn read;
+    nrg_free_fn free_impl;
+    void *impl;
+    struct nrg_source *next; /* registry for pthread_atfork */
+};
+
+/* Allocate the common part and register it for fork handling. */
+struct nrg_source *nrg_source_alloc(int n_domains, nrg_read_fn read,
+                                    nrg_free_fn free_impl, void *impl);
+
+#endif

@@ -1,0 +1,119 @@
+"""What every meter is: a C energy source plus what a user needs to know of it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from nrgloops._errors import NrgError
+from nrgloops._ffi import ffi, lib, raise_errno
+
+__all__ = ["Meter", "Reading", "default_total"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One reading: ``time`` in seconds (monotonic clock), ``joules`` cumulative per domain."""
+
+    time: float
+    joules: Mapping[str, float]
+
+
+def default_total(domains: Sequence[str]) -> tuple[str, ...]:
+    """The domains whose sum is the meter's total, never overlapping ones.
+
+    Packages contain their cores and uncore, and psys contains the packages,
+    so the total is the packages where there are any, else psys, else all
+    (GPUs, a model's single domain).
+    """
+    packages = tuple(d for d in domains if d.startswith("package-"))
+    if packages:
+        return packages
+    if "psys" in domains:
+        return ("psys",)
+    return tuple(domains)
+
+
+class Meter:
+    """An energy source the sampler can read.
+
+    Attributes:
+        kind: which source ("msr", "powercap", "perf", "model", "nvml", "pyrapl", "fake").
+        measured: True for a hardware counter, False for an estimate.
+        domains: names of the energy domains, e.g. ("package-0", "dram-0").
+        total_domains: the domains summed for the total (no overlaps).
+        resolution_s: how often the underlying counter moves, in seconds.
+        default_period: the sampler period used when none is given, in seconds.
+        max_period: the slowest sampler period that still catches every
+            counter wrap, in seconds (inf where the counter does not wrap).
+        description: one line on where the numbers come from.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        kind: str,
+        measured: bool,
+        domains: Sequence[str],
+        total_domains: Sequence[str] | None = None,
+        resolution_s: float,
+        default_period: float,
+        max_period: float = math.inf,
+        description: str = "",
+    ) -> None:
+        if len(domains) != lib.nrg_source_domains(source):
+            raise NrgError(f"{kind} meter: {len(domains)} names for the source's domains")
+        self._source = source
+        self.kind = kind
+        self.measured = measured
+        self.domains = tuple(domains)
+        self.total_domains = tuple(total_domains or default_total(self.domains))
+        self.resolution_s = resolution_s
+        self.default_period = default_period
+        self.max_period = max_period
+        self.description = description
+        self._buf = ffi.new("double[]", len(self.domains))
+        self._t = ffi.new("double *")
+
+    @property
+    def label(self) -> str:
+        """"measured" or "estimated": say it next to every number."""
+        return "measured" if self.measured else "estimated"
+
+    @property
+    def total_mask(self) -> int:
+        return sum(1 << self.domains.index(d) for d in self.total_domains)
+
+    def domain_index(self, domain: str | None) -> int:
+        """The C column of a domain; -1 for the total (``None``)."""
+        if domain is None:
+            return -1
+        if not isinstance(domain, str):
+            raise TypeError(f"domain must be a str or None, not {type(domain).__name__}")
+        try:
+            return self.domains.index(domain)
+        except ValueError:
+            raise ValueError(
+                f"unknown domain {domain!r} for the {self.kind} meter; it has {self.domains}"
+            ) from None
+
+    def read(self) -> Reading:
+        """Read every domain now: cumulative joules since the meter was opened.
+
+        Without a running sampler, two reads further apart than ``max_period``
+        may miss a counter wrap; the sampler reads often enough.
+        """
+        rc = lib.nrg_source_read(self._source, self._t, self._buf)
+        if rc < 0:
+            raise_errno(rc, f"reading the {self.kind} meter")
+        return Reading(self._t[0], dict(zip(self.domains, self._buf)))
+
+    @property
+    def errors(self) -> int:
+        """How many reads have failed since the meter was opened."""
+        return int(lib.nrg_source_errors(self._source))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} {self.label} domains={self.domains}>"
