@@ -34,9 +34,7 @@ class _Core:
         self.history = (self.capacity - 2) * period
         out = ffi.new("nrg_sampler **")
         check(
-            lib.nrg_sampler_start(
-                out, meter._source, period, self.capacity, meter.total_mask
-            ),
+            lib.nrg_sampler_start(out, meter._source, period, self.capacity, meter.total_mask),
             f"starting the sampler on the {meter.kind} meter",
         )
         self.ptr = out[0]

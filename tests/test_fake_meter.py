@@ -15,7 +15,10 @@ from nrgloops.testing import FakeMeter
 def test_fake_meter_contract() -> None:
     f = FakeMeter(watts=40.0)
     assert (f.kind, f.measured, f.domains, f.total_domains) == (
-        "fake", True, ("package-0",), ("package-0",),
+        "fake",
+        True,
+        ("package-0",),
+        ("package-0",),
     )
     r0 = f.read()
     time.sleep(0.1)

@@ -19,7 +19,10 @@ def _spin(seconds: float) -> None:
 def test_model_is_labelled_estimated() -> None:
     m = open_model()
     assert (m.kind, m.measured, m.label, m.domains) == (
-        "model", False, "estimated", ("package-0",),
+        "model",
+        False,
+        "estimated",
+        ("package-0",),
     )
     assert "estimated" in m.description
 
@@ -46,7 +49,7 @@ def test_process_model_idle_is_idle_watts() -> None:
 def test_energy_never_decreases() -> None:
     m = open_model(scope="system")
     values = [m.read().joules["package-0"] for _ in range(200)]
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
 
 
 def test_coefficients_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib, raise_errno
@@ -79,7 +80,7 @@ class Meter:
 
     @property
     def label(self) -> str:
-        """"measured" or "estimated": say it next to every number."""
+        """ "measured" or "estimated": say it next to every number."""
         return "measured" if self.measured else "estimated"
 
     @property
@@ -108,7 +109,7 @@ class Meter:
         rc = lib.nrg_source_read(self._source, self._t, self._buf)
         if rc < 0:
             raise_errno(rc, f"reading the {self.kind} meter")
-        return Reading(self._t[0], dict(zip(self.domains, self._buf)))
+        return Reading(self._t[0], dict(zip(self.domains, self._buf, strict=True)))
 
     @property
     def errors(self) -> int:

@@ -69,7 +69,11 @@ def open_model(
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {sorted(_SCOPES)}, got {scope!r}")
     source = new_handle(
-        lib.nrg_model_new, _SCOPES[scope], stat_path.encode(), idle, per_core,
+        lib.nrg_model_new,
+        _SCOPES[scope],
+        stat_path.encode(),
+        idle,
+        per_core,
         what=f"model meter: opening {stat_path}",
     )
     resolution = 0.01 if scope == "system" else 0.001
