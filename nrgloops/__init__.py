@@ -7,16 +7,28 @@ CGO 2016).  Private modules are re-exported here; this is the public API.
 from __future__ import annotations
 
 from nrgloops._errors import MeterUnavailable, NrgError
+from nrgloops.constraints import EnergyBudget, PowerCap
+from nrgloops.control import Knob
+from nrgloops.loops import nrg_adapt, nrg_alternate, perforate, truncate
 from nrgloops.meters import Meter, Reading, open_meter
+from nrgloops.report import Report
 from nrgloops.sampler import Sampler
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EnergyBudget",
+    "Knob",
     "Meter",
     "MeterUnavailable",
     "NrgError",
+    "PowerCap",
     "Reading",
+    "Report",
     "Sampler",
+    "nrg_adapt",
+    "nrg_alternate",
     "open_meter",
+    "perforate",
+    "truncate",
 ]

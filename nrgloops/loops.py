@@ -1,0 +1,565 @@
+"""The NRG-loops: adapted (``nrg_adapt`` / ``nrg_alternate``), truncated and
+perforated loops.
+
+The per-iteration path reads one double the sampler thread published (the
+windowed power) and compares it with the cap: no hardware read, no lock, no
+clock.  Everything else -- starting the sampler, moving a knob, the timeline,
+pulling the power series for the report -- happens at *ticks*: every
+``stride`` iterations, where the stride adapts so that ticks come about
+every ``TICK_S`` seconds (and at every iteration when iterations are slower
+than that).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import threading
+import time
+import types
+import weakref
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+from nrgloops._errors import NrgError
+from nrgloops._ffi import lib
+from nrgloops.constraints import EnergyBudget, PowerCap
+from nrgloops.control import Knob
+from nrgloops.report import PULL_EVERY_S, Recorder, Report, Value
+from nrgloops.sampler import DEFAULT_HISTORY_S, Sampler
+
+__all__ = [
+    "AdaptLoop",
+    "AdaptedFunction",
+    "PerforatedLoop",
+    "TruncatedLoop",
+    "nrg_adapt",
+    "nrg_alternate",
+    "perforate",
+    "truncate",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+TICK_S = 0.002  # aim: one tick every 2 ms (a clock read costs ~100 ns here)
+MAX_STRIDE = 1 << 14
+
+# What the hot path reads before a loop starts and after it stops: a zero
+# power, so that nothing reads a sampler that is gone.
+_IDLE = memoryview(bytearray(8 * lib.NRG_MAX_SLOTS)).cast("d")
+
+_now = time.monotonic
+
+
+def _count_of(counter: itertools.count[int]) -> int:
+    # itertools.count is atomic under the GIL, unlike `self.n += 1`, so
+    # concurrent callers lose no iteration; its repr is "count(N)".
+    return int(repr(counter)[6:-1])
+
+
+def _check_constraint(cap: Any, name: str, kind: type) -> None:
+    if not isinstance(cap, kind):
+        raise TypeError(f"{name} must be a nrgloops.{kind.__name__}, not {type(cap).__name__}")
+
+
+class _Loop:
+    """What every loop shares: the sampler handle, ticks, and the report."""
+
+    kind = "adapt"
+
+    def __init__(
+        self, constraint: PowerCap | EnergyBudget, knob: Knob | None, name: str = ""
+    ) -> None:
+        self._constraint = constraint
+        self._meter = constraint.meter
+        self._window = constraint.window
+        self._domain = constraint.domain
+        self._limit = constraint.watts if isinstance(constraint, PowerCap) else math.inf
+        if knob is not None and not isinstance(knob, Knob):
+            raise TypeError(f"knob must be a nrgloops.Knob or None, not {type(knob).__name__}")
+        self.knob = knob
+        self.name = name
+        self._lock = threading.RLock()
+        self._sampler: Sampler | None = None
+        self._pub: Any = _IDLE
+        self._slot = 0
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._report: Report | None = None
+        self._rec: Recorder | None = None
+        self._t0 = self._t_end = 0.0
+        self._energy_end = 0.0
+        self._tick_s = TICK_S
+        if knob is not None:
+            dwell = knob.dwell if knob.dwell is not None else self._window
+            self._tick_s = min(TICK_S, dwell / 4.0)  # dwell 0: tick at every iteration
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._count = itertools.count()
+        self._alt = itertools.count()
+        self._next_tick = 0
+        self._stride = 1
+        self._tick_t = 0.0
+        self._tick_i = 0
+
+    # -- lifetime --------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._sampler is not None
+
+    def _start(self) -> None:
+        history = max(DEFAULT_HISTORY_S, 2.0 * self._window)
+        sampler = Sampler(self._meter, history=history).start()
+        try:
+            self._slot = sampler.watch(self._window, self._domain)
+            self._pub = sampler.published
+        except BaseException:
+            sampler.stop()
+            raise
+        self._finalizer = weakref.finalize(self, sampler.stop)
+        self._sampler = sampler
+        self._t0 = self._tick_t = _now()
+        cap = self._limit if self._limit != math.inf else None
+        self._rec = Recorder(sampler, self._window, self._domain, cap, self._t0)
+        self._report = None
+
+    def _stop(self) -> None:
+        with self._lock:
+            sampler = self._sampler
+            if sampler is None:
+                return
+            try:
+                self._t_end = _now()
+                self._energy_end = sampler.energy(self._domain)
+                assert self._rec is not None
+                self._rec.pull(self._t_end)
+                self._report = self._build(running=False)
+            finally:
+                self._pub = _IDLE
+                self._sampler = None
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                    self._finalizer = None
+                self._reset_counters()  # a later iteration starts a new loop
+                sampler.stop()
+
+    # -- ticks -----------------------------------------------------------
+    def _tick(self, i: int) -> None:
+        """Off the hot path: every ``stride`` iterations."""
+        with self._lock:
+            if i < self._next_tick:
+                return  # another thread just ticked
+            if self._sampler is None:
+                self._first_call()
+                self._next_tick = i + 1
+                self._tick_i = i
+                return
+            now = _now()
+            self._retune(i, now)
+            self._on_tick(now)
+
+    def _first_call(self) -> None:
+        self._start()
+
+    def _retune(self, i: int, now: float) -> None:
+        dt = now - self._tick_t
+        n = i - self._tick_i
+        stride = self._stride
+        if dt > 0 and n > 0:
+            want = int(n * self._tick_s / dt)
+            # grow slowly (a sudden slowdown costs at most 2x), shrink at once
+            stride = max(1, min(want, 2 * stride, MAX_STRIDE))
+        self._stride = stride
+        self._next_tick = i + stride
+        self._tick_t, self._tick_i = now, i
+
+    def _on_tick(self, now: float) -> None:
+        power = self._pub[self._slot]
+        knob = self.knob
+        if knob is not None:
+            knob.update(power, self._limit, now, self._window)
+        rec = self._rec
+        assert rec is not None
+        rec.mark(now, power, self._value(power))
+        if now - rec.pulled >= PULL_EVERY_S:
+            rec.pull(now)
+
+    def _value(self, power: float) -> Value:
+        if self.knob is not None:
+            return self.knob.value
+        return "adapt" if power <= self._limit else "alternate"
+
+    # -- report ----------------------------------------------------------
+    def _iterations(self) -> dict[str, int | None]:
+        n = _count_of(self._count)
+        m = _count_of(self._alt)
+        return {"adapt": n - m, "alternate": m}
+
+    def _build(self, running: bool) -> Report:
+        rec = self._rec
+        assert rec is not None
+        duration = max(self._t_end - self._t0, 0.0)
+        energy = self._energy_end
+        peak = rec.peak if rec.peak > -math.inf else (energy / duration if duration else 0.0)
+        knob = self.knob
+        knob_state = None
+        if knob is not None:
+            knob_state = {
+                "value": knob.value,
+                "lo": knob._level(0),
+                "hi": knob._level(knob.levels - 1),
+                "step": knob.step,
+                "policy": knob.policy,
+                "band": knob.band,
+                "moves": knob.moves,
+                "reversals": knob.reversals,
+            }
+        c = self._constraint
+        return Report(
+            kind=self.kind,
+            iterations=self._iterations(),
+            duration_s=duration,
+            energy_j=energy,
+            avg_power_w=energy / duration if duration > 0 else 0.0,
+            peak_power_w=peak,
+            over_cap_fraction=rec.over_fraction(),
+            measured=self._meter.measured,
+            meter=self._meter.kind,
+            window_s=self._window,
+            cap_w=c.watts if isinstance(c, PowerCap) else None,
+            budget_j=c.joules if isinstance(c, EnergyBudget) else None,
+            knob=knob_state,
+            running=running,
+            name=self.name,
+            timeline=list(rec.points),
+        )
+
+    @property
+    def report(self) -> Report:
+        """The loop's report: final once the loop is over, else a snapshot."""
+        with self._lock:
+            sampler = self._sampler
+            if sampler is None:
+                if self._report is None:
+                    raise NrgError("this loop has not started yet: no report")
+                return self._report
+            self._t_end = _now()
+            self._energy_end = sampler.energy(self._domain)
+            assert self._rec is not None
+            self._rec.pull(self._t_end)
+            return self._build(running=True)
+
+    @property
+    def power(self) -> float:
+        """The windowed power now, W (0 when the loop is not running)."""
+        return float(self._pub[self._slot])
+
+
+# ---------------------------------------------------------------------------
+# adapted loops
+
+
+class AdaptLoop(_Loop):
+    """The context-manager form of ``nrg_adapt``::
+
+        with nrg_adapt(cap) as loop:
+            for s in strings:
+                if loop.under_cap: full(s)
+                else: degraded(s)
+
+    Reading ``under_cap`` (or calling ``step()``) is one iteration: it counts
+    the variant and moves the knob.  ``@nrg_adapt(cap)`` on a function makes
+    an ``AdaptedFunction``.
+    """
+
+    def __init__(self, cap: PowerCap, knob: Knob | None = None) -> None:
+        _check_constraint(cap, "cap", PowerCap)
+        super().__init__(cap, knob)
+        self.cap = cap
+
+    def __call__(self, body: Callable[..., R]) -> AdaptedFunction[R]:
+        return AdaptedFunction(self.cap, body, knob=self.knob)
+
+    def __enter__(self) -> AdaptLoop:
+        with self._lock:
+            if self._sampler is not None:
+                raise NrgError("this nrg_adapt loop is already running; make one per `with`")
+            self._reset_counters()
+            self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def step(self) -> bool:
+        """One iteration: True to run the full body (under the cap), False
+        for the degraded one."""
+        i = next(self._count)
+        if i >= self._next_tick:
+            self._tick(i)
+        if self._pub[self._slot] <= self._limit:
+            return True
+        next(self._alt)
+        return False
+
+    under_cap = property(step, doc="One iteration: True while the windowed power is <= the cap.")
+
+    def _first_call(self) -> None:
+        raise NrgError("use `with nrg_adapt(cap) as loop:` before reading loop.under_cap")
+
+
+class AdaptedFunction(_Loop, Generic[R]):
+    """A function adapted to a power cap (made by ``@nrg_adapt(cap)``).
+
+    Each call is one iteration: it runs the function while the windowed
+    power is <= the cap, else its alternate (``@nrg_alternate(f)`` or
+    ``@f.alternate``), and returns what that returns.  The loop starts at the
+    first call (or at ``with f:``) and ends at ``f.close()`` (or the end of
+    the ``with``); a call after that starts a new loop.  ``f.report`` is the
+    current or last loop's report.
+    """
+
+    def __init__(self, cap: PowerCap, body: Callable[..., R], knob: Knob | None = None) -> None:
+        _check_constraint(cap, "cap", PowerCap)
+        if not callable(body):
+            raise TypeError(f"body must be callable, not {type(body).__name__}")
+        name = getattr(body, "__qualname__", getattr(body, "__name__", repr(body)))
+        super().__init__(cap, knob, name=name)
+        self.cap = cap
+        self._body = body
+        self._alternate: Callable[..., R] | None = None
+        self._else: Callable[..., R] = body  # what runs over the cap
+        functools.update_wrapper(self, body)
+
+    def alternate(self, body: Callable[..., R]) -> Callable[..., R]:
+        """Register the degraded variant (use as a decorator); returns it unchanged."""
+        if not callable(body):
+            raise TypeError(f"the alternate body must be callable, not {type(body).__name__}")
+        with self._lock:
+            if self._alternate is not None:
+                raise ValueError(
+                    f"{self.name} already has an alternate ({self._alternate!r}); "
+                    "at most one alternate per adapted function"
+                )
+            self._alternate = self._else = body
+        return body
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        i = next(self._count)
+        if i >= self._next_tick:
+            self._tick(i)
+        if self._pub[self._slot] <= self._limit:
+            return self._body(*args, **kwargs)
+        next(self._alt)
+        return self._else(*args, **kwargs)
+
+    def _first_call(self) -> None:
+        if self._alternate is None and self.knob is None:
+            raise NrgError(
+                f"{self.name} has no alternate to run over the cap: register one with "
+                f"@nrgloops.nrg_alternate({self.name}) or @{self.name}.alternate, "
+                "or give nrg_adapt a knob="
+            )
+        self._start()
+
+    def _iterations(self) -> dict[str, int | None]:
+        if self._alternate is None:
+            return {"adapt": _count_of(self._count), "alternate": 0}
+        return super()._iterations()
+
+    def close(self) -> None:
+        """End the loop: stop its sampler, freeze its report."""
+        self._stop()
+
+    def __enter__(self) -> AdaptedFunction[R]:
+        with self._lock:
+            if self._sampler is None:
+                self._reset_counters()
+                self._first_call()
+                self._tick_i = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        # so that an adapted method gets its self
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "idle"
+        return f"<adapted {self.name} under {self.cap!r}, {state}>"
+
+
+def nrg_adapt(cap: PowerCap, knob: Knob | None = None) -> AdaptLoop:
+    """An adapted loop under a power cap: a decorator or a context manager.
+
+    As a decorator, ``@nrg_adapt(cap)`` makes each call of the function one
+    iteration that runs the function while the windowed power is <= the cap,
+    else its alternate (register it with ``@nrg_alternate(f)`` or
+    ``@f.alternate``).  As a context manager, ``with nrg_adapt(cap) as loop``
+    gives ``loop.under_cap`` (True: run the full body).  With ``knob=`` the
+    library also moves the knob's level to hold the cap (then the alternate
+    is optional).
+    """
+    return AdaptLoop(cap, knob)
+
+
+def nrg_alternate(adapted: AdaptedFunction[R]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Register the decorated function as the degraded variant of ``adapted``."""
+    if not isinstance(adapted, AdaptedFunction):
+        raise TypeError(
+            "nrg_alternate takes a function made by @nrg_adapt(cap), not "
+            f"{type(adapted).__name__}"
+        )
+    return adapted.alternate
+
+
+# ---------------------------------------------------------------------------
+# truncated and perforated loops
+
+
+class _ItemsLoop(_Loop, Generic[T]):
+    """A loop over items that yields some of them (truncate, perforate)."""
+
+    def __init__(
+        self, items: Iterable[T], constraint: PowerCap | EnergyBudget, what: str
+    ) -> None:
+        try:
+            self._items: Iterator[T] = iter(items)
+        except TypeError:
+            raise TypeError(f"items must be iterable, not {type(items).__name__}") from None
+        super().__init__(constraint, None, name=what)
+        try:
+            self._len: int | None = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            self._len = None
+        self._ran = self._skipped = 0
+        self._done = False
+        self._gen: Generator[T, None, None] | None = None
+
+    def __iter__(self) -> Generator[T, None, None]:
+        if self._gen is not None:
+            raise NrgError(f"this {self.kind} loop was already iterated; make a new one")
+        self._gen = self._run()
+        return self._gen
+
+    def __enter__(self) -> _ItemsLoop[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        self._stop()
+
+    def _iterations(self) -> dict[str, int | None]:
+        left = None if self._len is None else self._len - self._ran - self._skipped
+        return {"ran": self._ran, "skipped": self._skipped, "left": left}
+
+    def _run(self) -> Generator[T, None, None]:
+        raise NotImplementedError
+
+    def _sync(self, i: int, ran: int, skipped: int) -> None:
+        # counts live in the generator's locals (fast); the report reads these
+        self._ran, self._skipped = ran, skipped
+        with self._lock:
+            now = _now()
+            self._retune(i, now)
+            self._on_tick(now)
+
+
+class TruncatedLoop(_ItemsLoop[T]):
+    """``truncate(items, budget)``: yields items until the energy used since
+    the loop started reaches the budget."""
+
+    kind = "truncate"
+
+    def __init__(self, items: Iterable[T], budget: EnergyBudget) -> None:
+        _check_constraint(budget, "budget", EnergyBudget)
+        super().__init__(items, budget, "truncate")
+        self.budget = budget
+
+    def _value(self, power: float) -> Value:
+        s = self._sampler
+        return s.energy(self._domain) if s is not None else None
+
+    def _run(self) -> Generator[T, None, None]:
+        with self._lock:
+            self._start()
+        assert self._sampler is not None
+        ptr = self._sampler._ptr()
+        col = self._meter.domain_index(self._domain)
+        energy = lib.nrg_sampler_energy
+        stop_at = self.budget.joules + energy(ptr, col)
+        ran = 0
+        try:
+            for item in self._items:
+                if energy(ptr, col) >= stop_at:
+                    break
+                if ran >= self._next_tick:
+                    self._sync(ran, ran, 0)
+                ran += 1
+                yield item
+        finally:
+            self._ran = ran
+            self._stop()
+
+
+class PerforatedLoop(_ItemsLoop[T]):
+    """``perforate(items, cap, rate)``: skips a share ``rate`` of the items,
+    evenly spread, while the windowed power is over the cap."""
+
+    kind = "perforate"
+
+    def __init__(self, items: Iterable[T], cap: PowerCap, rate: float = 0.5) -> None:
+        _check_constraint(cap, "cap", PowerCap)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise TypeError(f"rate must be a number in [0, 1), not {type(rate).__name__}")
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"rate must be a share of the items in [0, 1), got {rate!r}")
+        super().__init__(items, cap, "perforate")
+        self.cap = cap
+        self.rate = float(rate)
+
+    def _value(self, power: float) -> Value:
+        return "skip" if power > self._limit else "run"
+
+    def _run(self) -> Generator[T, None, None]:
+        with self._lock:
+            self._start()
+        pub, slot, limit, rate = self._pub, self._slot, self._limit, self.rate
+        ran = skipped = i = 0
+        acc = 0.0
+        try:
+            for item in self._items:
+                if i >= self._next_tick:
+                    self._sync(i, ran, skipped)
+                i += 1
+                if pub[slot] > limit:
+                    # an accumulator spreads the skips evenly: rate 0.25
+                    # skips every 4th item, 0.5 every other one
+                    acc += rate
+                    if acc >= 1.0:
+                        acc -= 1.0
+                        skipped += 1
+                        continue
+                ran += 1
+                yield item
+        finally:
+            self._ran, self._skipped = ran, skipped
+            self._stop()
+
+
+def truncate(items: Iterable[T], budget: EnergyBudget) -> TruncatedLoop[T]:
+    """Iterate ``items`` until ``budget.joules`` have been used since the loop
+    started; ``.report`` says how many ran and how many were left."""
+    return TruncatedLoop(items, budget)
+
+
+def perforate(items: Iterable[T], cap: PowerCap, rate: float = 0.5) -> PerforatedLoop[T]:
+    """Iterate ``items``, skipping a share ``rate`` of them (evenly spread,
+    deterministic) while the windowed power is over ``cap``; ``.report``
+    counts the skipped ones."""
+    return PerforatedLoop(items, cap, rate)

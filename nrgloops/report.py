@@ -1,0 +1,237 @@
+"""Reports: what a loop did, and at what power and energy.
+
+A loop's figures come from the sampler, never from the loop's hot path: the
+windowed power at each sample is pulled from the sampler's ring every
+couple of seconds and at the end (peak power, share of time over the cap),
+and a timeline point is kept at most every ``dt`` seconds; when the timeline
+is full every other point is dropped and ``dt`` doubles, so its memory is
+bounded whatever the loop's length.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nrgloops.sampler import Sampler
+
+__all__ = ["MAX_TIMELINE_POINTS", "Report"]
+
+MAX_TIMELINE_POINTS = 1000
+PULL_EVERY_S = 2.0  # the ring holds >= 10 s: pull well before it is overwritten
+
+Value = str | float | int | None
+Point = tuple[float, float, Value]
+_CSV_TAG = "# nrgloops report "
+
+
+def _fmt_w(w: float | None) -> str:
+    return "n/a" if w is None or w != w else f"{w:.3g} W"
+
+
+@dataclass
+class Report:
+    """What one loop did.
+
+    Attributes:
+        kind: "adapt", "truncate" or "perforate".
+        iterations: ``{"adapt": n, "alternate": m}`` for adapted loops,
+            ``{"ran": r, "skipped": s, "left": l}`` for the others (``left``
+            is None when the items have no length).
+        duration_s: time from the loop's start to its end (or to now), s.
+        energy_j: energy used meanwhile, J.
+        avg_power_w: energy_j / duration_s, W.
+        peak_power_w: largest windowed average power seen, W.
+        over_cap_fraction: share of the loop's time during which the
+            windowed power was over the cap (None without a cap).
+        measured: False when the meter estimates (then so do these numbers).
+        meter: the meter's kind.
+        window_s: the averaging window of the windowed powers, s.
+        cap_w: the power cap, W, or None.
+        budget_j: the energy budget, J, or None.
+        knob: the knob's final state (value, range, policy, moves,
+            reversals), or None.
+        running: True for a snapshot of a loop still running.
+        timeline: (time since the start in s, windowed power in W, value)
+            where value is the variant ("adapt"/"alternate"), the knob's
+            level, "run"/"skip" (perforate) or the energy so far in J (truncate).
+        name: the loop's name (the adapted function's qualified name).
+    """
+
+    kind: str
+    iterations: dict[str, int | None]
+    duration_s: float
+    energy_j: float
+    avg_power_w: float
+    peak_power_w: float
+    over_cap_fraction: float | None
+    measured: bool
+    meter: str
+    window_s: float
+    cap_w: float | None = None
+    budget_j: float | None = None
+    knob: dict[str, Any] | None = None
+    running: bool = False
+    name: str = ""
+    timeline: list[Point] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """"measured" or "estimated"."""
+        return "measured" if self.measured else "estimated"
+
+    # -- export ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["timeline"] = [list(p) for p in self.timeline]
+        d["label"] = self.label
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        d = dict(d)
+        d.pop("label", None)
+        d["timeline"] = [(float(p[0]), float(p[1]), p[2]) for p in d.get("timeline", [])]
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write the timeline as CSV (time_s, power_w, value), after one
+        comment line holding the summary as JSON."""
+        summary = self.to_dict()
+        del summary["timeline"]
+        with open(path, "w", newline="") as f:
+            f.write(_CSV_TAG + json.dumps(summary) + "\n")
+            w = csv.writer(f)
+            w.writerow(["time_s", "power_w", "value"])
+            for t, p, v in self.timeline:
+                w.writerow([repr(t), repr(p), "" if v is None else v])
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> Report:
+        with open(path, newline="") as f:
+            first = f.readline()
+            if not first.startswith(_CSV_TAG):
+                raise ValueError(f"{path} is not a CSV written by Report.to_csv")
+            summary = json.loads(first[len(_CSV_TAG):])
+            rows = list(csv.reader(f))[1:]
+        timeline: list[Point] = []
+        for t, p, v in rows:
+            value: Value
+            if v == "":
+                value = None
+            else:
+                try:
+                    value = float(v)
+                    if value.is_integer() and "." not in v and "e" not in v:
+                        value = int(v)
+                except ValueError:
+                    value = v
+            timeline.append((float(t), float(p), value))
+        summary["timeline"] = timeline
+        return cls.from_dict(summary)
+
+    # -- reading -----------------------------------------------------------
+    def __str__(self) -> str:
+        lab = self.label
+        head = f"{self.kind} loop" + (f" {self.name}" if self.name else "")
+        if self.running:
+            head += " (running)"
+        its = ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in self.iterations.items())
+        lines = [
+            f"{head}: {self.duration_s:.3f} s, {self.energy_j:.4g} J {lab} "
+            f"({self.meter} meter)",
+            f"  iterations: {its}",
+            f"  power ({lab}): average {_fmt_w(self.avg_power_w)}, peak "
+            f"{_fmt_w(self.peak_power_w)} over {self.window_s:g} s windows",
+        ]
+        if self.cap_w is not None:
+            frac = self.over_cap_fraction
+            share = "n/a" if frac is None else f"{100 * frac:.1f}% of the time"
+            lines.append(f"  cap {self.cap_w:g} W: over it {share}")
+        if self.budget_j is not None:
+            lines.append(
+                f"  budget {self.budget_j:g} J: used {100 * self.energy_j / self.budget_j:.1f}%"
+            )
+        if self.knob is not None:
+            k = self.knob
+            lines.append(
+                f"  knob ({k['policy']}): at {k['value']} in [{k['lo']}, {k['hi']}], "
+                f"{k['moves']} moves, {k['reversals']} reversals"
+            )
+        return "\n".join(lines)
+
+
+class Recorder:
+    """Accumulates a loop's power figures from its sampler (not thread-safe:
+    the loop calls it under its own lock)."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        window: float,
+        domain: str | None,
+        cap_w: float | None,
+        t0: float,
+        max_points: int = MAX_TIMELINE_POINTS,
+    ) -> None:
+        self.sampler = sampler
+        self.window = window
+        self.domain = domain
+        self.cap = math.inf if cap_w is None else cap_w
+        self.t0 = t0
+        self.after = t0  # samples up to here are counted
+        self.pulled = t0
+        self.peak = -math.inf
+        self.over_s = 0.0
+        self.covered_s = 0.0
+        self.max_points = max(2, max_points)
+        self.points: list[Point] = []
+        self.dt = window / 4.0
+        self.last_mark = -math.inf
+        n = sampler.history / sampler.period
+        self._max_series = int(n) + 128
+
+    def pull(self, now: float) -> None:
+        """Take the windowed power at every sample since the last pull."""
+        self.pulled = now
+        times, watts = self.sampler.series(
+            self.after, self.window, self.domain, max_points=self._max_series
+        )
+        prev = self.after
+        cap = self.cap
+        for t, w in zip(times, watts, strict=True):
+            dt = t - prev
+            prev = t
+            self.covered_s += dt
+            if w > cap:
+                self.over_s += dt
+            if w > self.peak:
+                self.peak = w
+        self.after = prev
+
+    def mark(self, now: float, power: float, value: Value) -> None:
+        """Add a timeline point, at most one per ``dt`` seconds."""
+        if now - self.last_mark < self.dt:
+            return
+        self.last_mark = now
+        self.points.append((now - self.t0, power, value))
+        if len(self.points) >= self.max_points:
+            del self.points[1::2]
+            self.dt *= 2.0
+
+    def over_fraction(self) -> float | None:
+        if self.cap == math.inf:
+            return None
+        return self.over_s / self.covered_s if self.covered_s > 0 else 0.0
