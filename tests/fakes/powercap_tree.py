@@ -1,0 +1,140 @@
+"""A fake ``/sys/class/powercap`` laid out as the kernel lays it out.
+
+Real layout (intel_rapl_common.c registers each zone with the powercap class):
+
+    /sys/devices/virtual/powercap/intel-rapl/            control type: enabled
+    /sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/           package
+    /sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:0   core ...
+    /sys/class/powercap/intel-rapl     -> ../../devices/virtual/powercap/intel-rapl
+    /sys/class/powercap/intel-rapl:0   -> ../../devices/virtual/powercap/intel-rapl/intel-rapl:0
+    /sys/class/powercap/intel-rapl:0:0 -> .../intel-rapl:0/intel-rapl:0:0
+
+Zone files: ``name``, ``energy_uj`` (mode 0400 since Linux 5.10),
+``max_energy_range_uj``, ``enabled``, and per constraint ``constraint_<i>_name``
+(``long_term``, ``short_term``), ``_power_limit_uw``, ``_time_window_us``,
+``_max_power_uw``.  ``energy_uj`` is rewritten in place (same inode), so a
+file descriptor the meter holds sees each new value, as with sysfs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "CLIENT_RANGE_UJ",
+    "DRAM_RANGE_UJ",
+    "PowercapTree",
+    "client",
+    "server",
+]
+
+# (2^32 - 1) units of 61.035 uJ and of 15.3 uJ, as the kernel reports them.
+CLIENT_RANGE_UJ = 262143328850
+DRAM_RANGE_UJ = 65712999613
+
+
+@dataclass
+class PowercapTree:
+    """``root`` is the fake /sys/class/powercap; zones live under ``devices``."""
+
+    base: Path
+    energy: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, int] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.base = Path(self.base)
+        self.root = self.base / "class" / "powercap"
+        self.devices = self.base / "devices" / "virtual" / "powercap"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.devices.mkdir(parents=True, exist_ok=True)
+
+    def _control_type(self, control_type: str) -> Path:
+        d = self.devices / control_type
+        if not d.exists():
+            d.mkdir()
+            (d / "enabled").write_text("1\n")
+            os.symlink(os.path.relpath(d, self.root), self.root / control_type)
+        return d
+
+    def add_zone(
+        self,
+        zone: str,
+        name: str,
+        energy_uj: int = 0,
+        max_range_uj: int = CLIENT_RANGE_UJ,
+        constraints: tuple[tuple[str, int, int, int], ...] = (),
+    ) -> Path:
+        """Add zone ``zone`` (e.g. "intel-rapl:0:1") named ``name``; its parent
+        must exist.  ``constraints``: (name, power_limit_uw, time_window_us,
+        max_power_uw) for constraint_0, constraint_1, ..."""
+        control_type, *ids = zone.split(":")
+        parent = (
+            self._control_type(control_type)
+            if len(ids) == 1
+            else self.paths[":".join([control_type, *ids[:-1]])]
+        )
+        d = parent / zone
+        d.mkdir()
+        (d / "name").write_text(name + "\n")
+        (d / "enabled").write_text("1\n")
+        (d / "max_energy_range_uj").write_text(f"{max_range_uj}\n")
+        for i, (cname, limit, window, max_power) in enumerate(constraints):
+            (d / f"constraint_{i}_name").write_text(cname + "\n")
+            (d / f"constraint_{i}_power_limit_uw").write_text(f"{limit}\n")
+            (d / f"constraint_{i}_time_window_us").write_text(f"{window}\n")
+            (d / f"constraint_{i}_max_power_uw").write_text(f"{max_power}\n")
+        energy = d / "energy_uj"
+        energy.write_text(f"{energy_uj}\n")
+        os.chmod(energy, 0o400)  # root only, as since Linux 5.10
+        os.symlink(os.path.relpath(d, self.root), self.root / zone)
+        self.paths[zone] = d
+        self.energy[zone] = energy_uj
+        self.ranges[zone] = max_range_uj
+        return d
+
+    def set_energy(self, zone: str, value_uj: int) -> None:
+        """Write energy_uj in place (truncating, same inode), as sysfs shows it."""
+        if not 0 <= value_uj <= self.ranges[zone]:
+            raise ValueError(f"{zone}: {value_uj} outside 0..{self.ranges[zone]}")
+        with open(self.paths[zone] / "energy_uj", "w") as f:
+            f.write(f"{value_uj}\n")
+        self.energy[zone] = value_uj
+
+    def advance(self, zone: str, delta_uj: int) -> None:
+        """Add ``delta_uj``, wrapping like the kernel: modulus max_energy_range_uj + 1."""
+        modulus = self.ranges[zone] + 1
+        self.set_energy(zone, (self.energy[zone] + delta_uj) % modulus)
+
+
+_PKG_CONSTRAINTS = (
+    ("long_term", 28_000_000, 27_983_872, 28_000_000),
+    ("short_term", 64_000_000, 2_440, 0),
+)
+
+
+def client(base: Path, mmio: bool = True) -> PowercapTree:
+    """A laptop: package-0 with core and uncore subzones, a top-level psys zone,
+    and (``mmio``) the intel-rapl-mmio copy of package-0."""
+    t = PowercapTree(base)
+    t.add_zone("intel-rapl:0", "package-0", 123_456_789, constraints=_PKG_CONSTRAINTS)
+    t.add_zone("intel-rapl:0:0", "core", 45_678_901, constraints=(("long_term", 0, 976, 0),))
+    t.add_zone("intel-rapl:0:1", "uncore", 1_234_567, constraints=(("long_term", 0, 976, 0),))
+    t.add_zone("intel-rapl:1", "psys", 987_654_321, constraints=_PKG_CONSTRAINTS)
+    if mmio:
+        t.add_zone("intel-rapl-mmio:0", "package-0", 123_456_000, constraints=_PKG_CONSTRAINTS)
+    return t
+
+
+def server(base: Path, packages: int = 2, dram: bool = True) -> PowercapTree:
+    """A multi-socket Xeon: package-N each with a dram subzone (15.3 uJ range)."""
+    t = PowercapTree(base)
+    for p in range(packages):
+        t.add_zone(f"intel-rapl:{p}", f"package-{p}", 10_000_000 * (p + 1),
+                   constraints=_PKG_CONSTRAINTS)
+        if dram:
+            t.add_zone(f"intel-rapl:{p}:0", "dram", 1_000_000 * (p + 1),
+                       max_range_uj=DRAM_RANGE_UJ, constraints=(("long_term", 0, 976, 0),))
+    return t
