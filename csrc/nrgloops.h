@@ -62,7 +62,12 @@ int nrg_push_new(nrg_source **out, int n_domains);
 int nrg_push(nrg_source *s, double t, const double *joules);
 
 /* NVML source (nvml.c): the GPU's energy counter, or its instant power
- * integrated over time; libnvidia-ml is loaded at run time with dlopen. */
+ * integrated over time; libnvidia-ml is loaded at run time with dlopen
+ * (library NULL: "libnvidia-ml.so.1").  Read only: no NVML setter is used.
+ * Failures: -ENOENT library not found (nrg_nvml_loader_error says why),
+ * -ENOSYS a required symbol is missing, -ENXIO no GPU of that index,
+ * -EOPNOTSUPP the mode is not supported, else -EACCES/-ENODEV/-EIO; the
+ * nvmlReturn_t behind a failure is nrg_nvml_open_status() (this thread). */
 enum {
     NRG_NVML_AUTO = 0,    /* energy counter if supported, else power */
     NRG_NVML_ENERGY = 1,  /* nvmlDeviceGetTotalEnergyConsumption (mJ) */
@@ -70,8 +75,15 @@ enum {
 };
 int nrg_nvml_new(nrg_source **out, const char *library, unsigned int index,
                  int mode);
+/* Load, init, count the GPUs, read the driver version, shut down. */
+int nrg_nvml_probe(const char *library, unsigned int *count, char *driver,
+                   int driver_len);
+int nrg_nvml_open_status(void);          /* nvmlReturn_t of the last failure */
+const char *nrg_nvml_loader_error(void); /* dlopen/dlsym text of the last failure */
+const char *nrg_nvml_error_string(int status); /* nvmlErrorString, or NULL */
 int nrg_nvml_mode(const nrg_source *s);        /* the mode in use */
 int nrg_nvml_last_status(const nrg_source *s); /* last nvmlReturn_t seen */
+int nrg_nvml_name(const nrg_source *s, char *buf, int len); /* GPU name */
 
 /* Read all domains now.  On failure joules holds the last good values. */
 int nrg_source_read(nrg_source *s, double *t, double *joules);
