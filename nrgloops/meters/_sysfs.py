@@ -36,7 +36,7 @@ def is_permission(exc: OSError) -> bool:
 
 def read_text(path: StrPath) -> str:
     """The stripped text of a small file (sysfs attribute, /proc entry)."""
-    with open(path, encoding="ascii", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.read().strip()
 
 

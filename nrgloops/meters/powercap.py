@@ -47,11 +47,11 @@ UDEV_RULE = (
     'RUN+="/bin/chgrp power /sys%p/energy_uj", RUN+="/bin/chmod g+r /sys%p/energy_uj"'
 )
 PERMISSION_FIX = (
-    "run as root, or give read access to energy_uj with a udev rule: put\n"
-    f"    {UDEV_RULE}\n"
-    "in /etc/udev/rules.d/60-powercap.rules, add your user to group 'power', then run "
-    "`udevadm trigger --subsystem-match=powercap --action=add` (root-only since Linux 5.10 "
-    "because of CVE-2020-8694: grant it to trusted users only)"
+    "run as root, or give read access to energy_uj with a udev rule: put the line "
+    f"`{UDEV_RULE}` "
+    "in /etc/udev/rules.d/60-powercap.rules, add your user to a group 'power' "
+    "(groupadd power), run `udevadm trigger --subsystem-match=powercap --action=add` "
+    "(root-only since Linux 5.10 because of CVE-2020-8694: grant it to trusted users only)"
 )
 
 _ZONE = re.compile(r"^(?P<type>intel-rapl(?:-tpmi|-mmio)?)(?P<ids>(?::\d+)+)$")
@@ -137,7 +137,7 @@ def _read_zone(zone: _Zone) -> tuple[str, int, int]:
     """(energy_uj path, current value, modulus); raises MeterUnavailable."""
     energy = os.path.join(zone.path, "energy_uj")
     try:
-        with open(energy, encoding="ascii") as f:
+        with open(energy, encoding="utf-8") as f:
             value = int(f.read().strip())
     except OSError as exc:
         if is_permission(exc):

@@ -29,6 +29,7 @@ hole), which the meter treats as an absent domain, as it does the kernel's EIO.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,8 @@ __all__ = [
     "intel_client",
     "intel_server",
     "intel_spr",
+    "run_as_nobody",
+    "shared_tmpdir",
     "units_register",
 ]
 
@@ -259,3 +262,52 @@ def amd_epyc(base: Path, packages: int = 2, cores: int = 4, threads: int = 2,
         if not tree.path(cpu).exists():
             _fill(tree, cpu, {})
     return tree
+
+
+def shared_tmpdir() -> Path:
+    """A fresh directory under /dev/shm (tmpfs) that every user may traverse,
+    for trees read by ``run_as_nobody``; the caller removes it."""
+    import tempfile
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    d = Path(tempfile.mkdtemp(prefix="nrgloops-test-", dir=base))
+    d.chmod(0o755)
+    return d
+
+
+def run_as_nobody(fn: Callable[[], object]) -> str:
+    """Run ``fn`` in a forked child that has dropped root for nobody (65534)
+    and return ``"<ExceptionType>: <message>"`` of what it raised, or
+    ``"ok"``.  This is how a test that runs as root sees the permission
+    errors a user gets: a file mode or a kernel check, not a mock."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the test runner
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                fn()
+                out = "ok"
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                out = f"{type(exc).__name__}: {exc}"
+            os.write(w, out.encode()[:60000])
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("the child that dropped root failed before running the test")
+    return b"".join(chunks).decode()

@@ -1,0 +1,168 @@
+"""The powercap meter against fake /sys/class/powercap trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nrgloops import MeterUnavailable, NrgError, Sampler, open_meter
+from nrgloops.meters.powercap import open_powercap
+from tests.fakes import msr_tree as mt
+from tests.fakes import powercap_tree as pt
+
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    d = mt.shared_tmpdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_client_zones_and_symlinks(shm: Path) -> None:
+    tree = pt.client(shm, mmio=True)
+    assert (tree.root / "intel-rapl:0:1").is_symlink()  # as in /sys/class/powercap
+    m = open_powercap(tree.root)
+    assert m.kind == "powercap" and m.measured
+    # the intel-rapl-mmio copy of package-0 is not counted twice
+    assert m.domains == ("package-0", "core-0", "uncore-0", "psys")
+    assert m.total_domains == ("package-0",)
+    tree.advance("intel-rapl:0", 2_500_000)
+    tree.advance("intel-rapl:0:0", 1)
+    tree.advance("intel-rapl:0:1", 750_000)
+    tree.advance("intel-rapl:1", 4_000_000)
+    tree.advance("intel-rapl-mmio:0", 9_000_000)  # ignored
+    r = m.read().joules
+    assert r == pytest.approx({"package-0": 2.5, "core-0": 1e-6, "uncore-0": 0.75, "psys": 4.0})
+    assert m.max_period == pytest.approx((pt.CLIENT_RANGE_UJ + 1) * 1e-6 / 2000)
+
+
+def test_server_two_sockets_with_dram(shm: Path) -> None:
+    tree = pt.server(shm, packages=2)
+    m = open_meter("powercap", root=str(tree.root))
+    assert m.domains == ("package-0", "dram-0", "package-1", "dram-1")
+    assert m.total_domains == ("package-0", "package-1")
+    tree.advance("intel-rapl:0", 1_000_000)
+    tree.advance("intel-rapl:1", 2_000_000)
+    tree.advance("intel-rapl:1:0", 3_000_000)
+    r = m.read().joules
+    assert sum(r[d] for d in m.total_domains) == pytest.approx(3.0)
+    assert r["dram-1"] == pytest.approx(3.0)
+    assert m.max_period == pytest.approx((pt.DRAM_RANGE_UJ + 1) * 1e-6 / 2000)
+
+
+def test_root_may_be_a_control_type_directory(shm: Path) -> None:
+    tree = pt.server(shm, packages=2)
+    nested = open_powercap(tree.devices / "intel-rapl")  # subzones only nested here
+    assert nested.domains == ("package-0", "dram-0", "package-1", "dram-1")
+    via_class = open_powercap(tree.devices)  # control types as subdirectories
+    assert via_class.domains == nested.domains
+
+
+def test_mmio_and_tpmi_alone(shm: Path) -> None:
+    tree = pt.PowercapTree(shm)
+    tree.add_zone("intel-rapl-mmio:0", "package-0", 5)
+    assert open_powercap(tree.root).domains == ("package-0",)
+    tree.add_zone("intel-rapl-tpmi:0", "package-0", 7)  # preferred over mmio
+    tree.add_zone("intel-rapl-tpmi:1", "package-1", 7)
+    tree.add_zone("intel-rapl-tpmi:0:0", "dram", 7)
+    m = open_powercap(tree.root)
+    assert m.domains == ("package-0", "dram-0", "package-1")
+    assert "intel-rapl-tpmi" in m.description
+    tree.advance("intel-rapl-tpmi:0", 10)
+    tree.advance("intel-rapl-mmio:0", 1000)
+    assert m.read().joules["package-0"] == pytest.approx(10e-6)
+
+
+def test_die_zones(shm: Path) -> None:
+    tree = pt.PowercapTree(shm)
+    tree.add_zone("intel-rapl:0", "package-0-die-0", 1)
+    tree.add_zone("intel-rapl:0:0", "dram", 1)
+    tree.add_zone("intel-rapl:1", "package-0-die-1", 1)
+    tree.add_zone("intel-rapl:1:0", "dram", 1)
+    m = open_powercap(tree.root)
+    assert m.domains == ("package-0-die-0", "dram-0-die-0", "package-0-die-1", "dram-0-die-1")
+    assert m.total_domains == ("package-0-die-0", "package-0-die-1")  # dies do not overlap
+
+
+def test_psys_only(shm: Path) -> None:
+    tree = pt.PowercapTree(shm)
+    tree.add_zone("intel-rapl:0", "psys", 1)
+    m = open_powercap(tree.root)
+    assert m.domains == ("psys",) and m.total_domains == ("psys",)
+
+
+def test_modulus_is_max_range_plus_one(shm: Path) -> None:
+    tree = pt.PowercapTree(shm)
+    tree.add_zone("intel-rapl:0", "package-0", 999, max_range_uj=1000)
+    m = open_powercap(tree.root)
+    tree.set_energy("intel-rapl:0", 1000)  # the largest value the kernel shows
+    assert m.read().joules["package-0"] == pytest.approx(1e-6)
+    tree.set_energy("intel-rapl:0", 0)  # wrapped: one more microjoule, not -1000
+    assert m.read().joules["package-0"] == pytest.approx(2e-6)
+    tree.set_energy("intel-rapl:0", 998)
+    assert m.read().joules["package-0"] == pytest.approx(1000e-6)
+
+
+def test_sampler_reads_powercap(shm: Path) -> None:
+    tree = pt.client(shm)
+    m = open_powercap(tree.root)
+    with Sampler(m, period=0.001) as s:
+        tree.advance("intel-rapl:0", 3_000_000)
+        deadline = time.monotonic() + 2.0
+        while s.energy() < 3.0 - 1e-9 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert s.energy() == pytest.approx(3.0)
+        assert s.energy("psys") == 0.0
+        assert s.errors == 0
+
+
+def test_missing_root_names_the_path(shm: Path) -> None:
+    with pytest.raises(MeterUnavailable, match="does not exist") as e:
+        open_powercap(shm / "nope")
+    assert str(shm / "nope") in str(e.value)
+
+
+def test_no_zones(shm: Path) -> None:
+    (shm / "powercap" / "dtpm").mkdir(parents=True)
+    with pytest.raises(MeterUnavailable, match="no RAPL zone") as e:
+        open_powercap(shm / "powercap")
+    assert str(shm / "powercap") in str(e.value)
+
+
+def test_energy_uj_root_only_gives_udev_fix() -> None:
+    d = mt.shared_tmpdir()
+    try:
+        tree = pt.client(d)  # energy_uj is mode 0400, as since Linux 5.10
+        out = mt.run_as_nobody(lambda: open_powercap(tree.root))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert out.startswith("MeterUnavailable:"), out
+    assert "run as root, or give read access to energy_uj with a udev rule" in out
+    assert 'SUBSYSTEM=="powercap"' in out and "chmod g+r /sys%p/energy_uj" in out
+    assert "energy_uj" in out and str(tree.root) in out
+    assert "\n" not in out  # fits auto's one-line reason
+
+
+def test_readable_energy_uj_opens_as_user() -> None:
+    d = mt.shared_tmpdir()
+    try:
+        tree = pt.client(d)
+        for zone in tree.paths.values():
+            os.chmod(zone / "energy_uj", 0o444)  # what the udev rule grants
+        out = mt.run_as_nobody(lambda: open_powercap(tree.root))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert out == "ok"
+
+
+def test_unparsable_energy(shm: Path) -> None:
+    tree = pt.PowercapTree(shm)
+    tree.add_zone("intel-rapl:0", "package-0", 1)
+    (tree.paths["intel-rapl:0"] / "max_energy_range_uj").write_text("lots\n")
+    with pytest.raises(NrgError, match="max_energy_range_uj"):
+        open_powercap(tree.root)
