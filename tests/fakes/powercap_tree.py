@@ -21,12 +21,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CLIENT_RANGE_UJ",
     "DRAM_RANGE_UJ",
     "PowercapTree",
     "client",
+    "pyrapl_sensor",
     "server",
 ]
 
@@ -138,3 +140,46 @@ def server(base: Path, packages: int = 2, dram: bool = True) -> PowercapTree:
             t.add_zone(f"intel-rapl:{p}:0", "dram", 1_000_000 * (p + 1),
                        max_range_uj=DRAM_RANGE_UJ, constraints=(("long_term", 0, 976, 0),))
     return t
+
+
+def pyrapl_sensor(tree: PowercapTree, packages: int = 1) -> Any:
+    """A real pyRAPL ``Sensor`` reading this tree.
+
+    pyRAPL hard-codes /sys/class/powercap and /sys/devices/system/cpu; while
+    the sensor is built, its module's ``open`` and ``os.path.exists`` see
+    those prefixes mapped into the fake tree (plus a CPU directory with one
+    CPU per package).  The files it keeps open are the fake tree's, and its
+    read path (seek(0) + readline() per counter) is pyRAPL's own, untouched.
+    """
+    import builtins
+    from types import SimpleNamespace
+
+    from nrgloops.meters.pyrapl import _import_pyrapl
+
+    _import_pyrapl()
+    import pyRAPL.device_api as api
+    import pyRAPL.sensor
+
+    cpu = tree.base / "pyrapl-cpu"
+    cpu.mkdir(exist_ok=True)
+    (cpu / "present").write_text(f"0-{packages - 1}\n" if packages > 1 else "0\n")
+    for p in range(packages):
+        topo = cpu / f"cpu{p}" / "topology"
+        topo.mkdir(parents=True, exist_ok=True)
+        (topo / "physical_package_id").write_text(f"{p}\n")
+    mapping = (("/sys/class/powercap", str(tree.root)), ("/sys/devices/system/cpu", str(cpu)))
+
+    def redirect(path: str) -> str:
+        for prefix, target in mapping:
+            if path.startswith(prefix):
+                return target + path[len(prefix):]
+        return path
+
+    real_open = builtins.open
+    api.open = lambda path, *a, **k: real_open(redirect(path), *a, **k)  # type: ignore[attr-defined]
+    api.os = SimpleNamespace(path=SimpleNamespace(exists=lambda p: os.path.exists(redirect(p))))
+    try:
+        return pyRAPL.sensor.Sensor()
+    finally:
+        del api.open  # type: ignore[attr-defined]
+        api.os = os
