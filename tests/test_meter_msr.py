@@ -259,7 +259,7 @@ def test_no_topology_asks_for_cpus(shm: Path) -> None:
 def test_bad_arguments(shm: Path, kwargs: dict[str, object], exc: type, pattern: str) -> None:
     tree = mt.intel_client(shm)
     with pytest.raises(exc, match=pattern):
-        open_msr(**(tree.options() | kwargs))  # type: ignore[arg-type]
+        open_msr(**(tree.options() | kwargs))
 
 
 def test_sampler_period_beyond_wrap_bound(shm: Path) -> None:

@@ -62,7 +62,7 @@ def _perf_works() -> bool:
     if lib.nrg_counters_new(out, 1) < 0:
         return False
     src = ffi.gc(out[0], lib.nrg_source_free)
-    return lib.nrg_counters_add_perf(src, PERF_TYPE_SOFTWARE, SW_CPU_CLOCK, 0, 1e-9, 0) == 0
+    return bool(lib.nrg_counters_add_perf(src, PERF_TYPE_SOFTWARE, SW_CPU_CLOCK, 0, 1e-9, 0) == 0)
 
 
 needs_perf = pytest.mark.skipif(not _perf_works(), reason="perf_event_open is not allowed here")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +26,7 @@ SETTINGS = settings(max_examples=60, deadline=None,
 
 
 @pytest.fixture(scope="module")
-def shm() -> Iterator[mt.Path]:
+def shm() -> Iterator[Path]:
     d = mt.shared_tmpdir()
     yield d
     shutil.rmtree(d, ignore_errors=True)
@@ -34,7 +35,7 @@ def shm() -> Iterator[mt.Path]:
 _n = iter(range(10**9))
 
 
-def _fresh(shm: mt.Path) -> mt.Path:
+def _fresh(shm: Path) -> Path:
     d = shm / f"case{next(_n)}"
     d.mkdir()
     return d
@@ -55,7 +56,7 @@ def _steps(limit: int) -> st.SearchStrategy[list[int]]:
     start=st.integers(0, MOD32 - 1),
     steps=_steps(MOD32),
 )
-def test_msr_wrap(shm: mt.Path, vendor: str, esu: int, start: int, steps: list[int]) -> None:
+def test_msr_wrap(shm: Path, vendor: str, esu: int, start: int, steps: list[int]) -> None:
     base = _fresh(shm)
     if vendor == "intel":
         tree = mt.intel_client(base, esu=esu)
@@ -84,7 +85,7 @@ def test_msr_wrap(shm: mt.Path, vendor: str, esu: int, start: int, steps: list[i
                         st.just(pt.CLIENT_RANGE_UJ), st.just(pt.DRAM_RANGE_UJ)),
     data=st.data(),
 )
-def test_powercap_wrap(shm: mt.Path, max_range: int, data: st.DataObject) -> None:
+def test_powercap_wrap(shm: Path, max_range: int, data: st.DataObject) -> None:
     modulus = max_range + 1  # the kernel shows the largest value, not the modulus
     start = data.draw(st.integers(0, max_range), label="start")
     steps = data.draw(_steps(modulus), label="steps")
@@ -104,7 +105,7 @@ def test_powercap_wrap(shm: mt.Path, max_range: int, data: st.DataObject) -> Non
     shutil.rmtree(base)
 
 
-def test_powercap_modulus_rule(shm: mt.Path) -> None:
+def test_powercap_modulus_rule(shm: Path) -> None:
     """From max_energy_range_uj to 0 is one microjoule: modulus = max + 1."""
     tree = pt.PowercapTree(_fresh(shm))
     tree.add_zone("intel-rapl:0", "package-0", 41, max_range_uj=41)
@@ -115,7 +116,7 @@ def test_powercap_modulus_rule(shm: mt.Path) -> None:
     assert m.read().joules["package-0"] == pytest.approx(42e-6)
 
 
-def test_msr_wrap_is_modulo_2_32(shm: mt.Path) -> None:
+def test_msr_wrap_is_modulo_2_32(shm: Path) -> None:
     tree = mt.intel_client(_fresh(shm))
     tree.set_counter(0, mt.INTEL_PKG, MOD32 - 1)
     m = open_msr(**tree.options())

@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AMD_CORE",
@@ -150,7 +151,7 @@ class MsrTree:
         (self.sysfs / "cpufreq").mkdir(exist_ok=True)
         self.cpuinfo.write_text("\n".join(lines) + "\n")
 
-    def options(self) -> dict[str, str]:
+    def options(self) -> dict[str, Any]:
         """Keyword arguments pointing open_msr at this tree."""
         return {"root": str(self.root), "sysfs": str(self.sysfs), "cpuinfo": str(self.cpuinfo)}
 

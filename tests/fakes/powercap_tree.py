@@ -176,10 +176,10 @@ def pyrapl_sensor(tree: PowercapTree, packages: int = 1) -> Any:
         return path
 
     real_open = builtins.open
-    api.open = lambda path, *a, **k: real_open(redirect(path), *a, **k)  # type: ignore[attr-defined]
+    api.open = lambda path, *a, **k: real_open(redirect(path), *a, **k)
     api.os = SimpleNamespace(path=SimpleNamespace(exists=lambda p: os.path.exists(redirect(p))))
     try:
         return pyRAPL.sensor.Sensor()
     finally:
-        del api.open  # type: ignore[attr-defined]
+        del api.open
         api.os = os

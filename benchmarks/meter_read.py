@@ -1,0 +1,268 @@
+"""What one energy reading costs, ours against pyRAPL's way; what s.power()
+costs; what the sampler thread costs at 1 kHz.
+
+All readers read the same fake trees in tmpfs (/dev/shm), each with two
+counters (package-0 and dram-0 of a one-socket Xeon):
+
+* msr: our counter source on a fake /dev/cpu/0/msr (pread at the address);
+* powercap: our counter source on a fake /sys/class/powercap (pread of
+  energy_uj on a descriptor opened once);
+* pyRAPL: pyRAPL 0.2.3.1's own ``Sensor.energy()`` on the same powercap tree
+  (its file opens redirected into the tree at setup; its read path,
+  seek(0) + readline() + float() per counter, untouched), if pyRAPL imports;
+* open/read/close: the naive way (open, read, close energy_uj per reading),
+  as many scripts do.
+
+A real /dev/cpu/*/msr read is an IPI to the target CPU and a sysfs read
+makes the kernel read the MSR, so on real hardware every row grows by the
+same kernel cost per counter; these figures isolate the user-space cost of
+each way of reading, which is what a reader can change.
+
+Run:  python benchmarks/meter_read.py [--quick]
+Writes benchmarks/results/meter_read.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.fakes, when run from a checkout
+
+from nrgloops import Sampler  # noqa: E402
+from nrgloops._ffi import ffi, lib  # noqa: E402
+from nrgloops.meters.msr import open_msr  # noqa: E402
+from nrgloops.meters.powercap import open_powercap  # noqa: E402
+from nrgloops.testing import FakeMeter  # noqa: E402
+from tests.fakes import msr_tree as mt  # noqa: E402
+from tests.fakes import powercap_tree as pt  # noqa: E402
+
+
+def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 7) -> float:
+    """Best of ``repeats`` (as timeit) of the mean time of one call in a loop of n, ns."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter_ns() - t0) / n)
+    return min(times)
+
+
+def per_stmt_ns(stmt: str, env: dict[str, Any], n: int, repeats: int = 7) -> float:
+    """Like timeit: the statement inlined in a tight loop, ns per statement."""
+    import timeit
+
+    return min(timeit.repeat(stmt, globals=env, number=n, repeat=repeats)) / n * 1e9
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    virt = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            if " hypervisor" in f.read():
+                virt = " (virtual machine)"
+    except OSError:
+        pass
+    return {
+        "cpu": model + virt,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "tmpfs": "/dev/shm",
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def raw_c_read(meter: Any, n: int) -> tuple[float, float]:
+    """(ns per nrg_source_read called from Python, ns of the cffi call itself)."""
+    src = meter._source
+    t = ffi.new("double *")
+    buf = ffi.new("double[]", len(meter.domains))
+    read = lib.nrg_source_read
+    domains = lib.nrg_source_domains
+    env = {"read": read, "domains": domains, "src": src, "t": t, "buf": buf}
+    full = per_stmt_ns("read(src, t, buf)", env, n)
+    call = per_stmt_ns("domains(src)", env, n)  # a C function that does nothing
+    return full, call
+
+
+def sampler_cpu(meter: Any, seconds: float) -> dict[str, float]:
+    """Process CPU time over wall time, main thread asleep, sampler at 1 kHz."""
+    c0, w0 = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    idle = (time.process_time() - c0) / (time.monotonic() - w0)
+    with Sampler(meter, period=0.001) as s:
+        time.sleep(0.05)
+        n0 = s.samples
+        c0, w0 = time.process_time(), time.monotonic()
+        time.sleep(seconds)
+        cpu, wall = time.process_time() - c0, time.monotonic() - w0
+        rate = (s.samples - n0) / wall
+        errors = s.errors
+    return {"cpu_share": cpu / wall, "idle_share": idle, "rate_hz": rate, "errors": errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    n = 20_000 if args.quick else 200_000
+    cpu_s = 1.0 if args.quick else 5.0
+
+    base = Path(tempfile.mkdtemp(prefix="nrgloops-bench-", dir="/dev/shm"))
+    results: dict[str, Any] = {"machine": machine(), "iterations": n, "rows": {}}
+    rows = results["rows"]
+    try:
+        msr_tree = mt.intel_server(base / "msr", packages=1)
+        pc_tree = pt.server(base / "pc", packages=1)
+        msr_meter = open_msr(**msr_tree.options())
+        pc_meter = open_powercap(pc_tree.root)
+        assert msr_meter.domains == pc_meter.domains == ("package-0", "dram-0")
+
+        for name, meter in (("msr", msr_meter), ("powercap", pc_meter)):
+            full, call = raw_c_read(meter, n)
+            rows[f"{name}: C read (nrg_source_read via cffi)"] = full
+            rows[f"{name}: C read, cffi call overhead removed"] = full - call
+            rows[f"{name}: meter.read() from Python"] = per_call_ns(meter.read, n)
+        results["cffi_call_ns"] = call
+
+        try:
+            sensor = pt.pyrapl_sensor(pc_tree, packages=1)
+            assert len([v for v in sensor.energy() if v >= 0]) == 2
+            rows["pyRAPL: Sensor.energy() (pyRAPL 0.2.3.1 itself)"] = per_call_ns(
+                sensor.energy, n
+            )
+            results["pyrapl"] = "pyRAPL itself"
+        except ImportError:
+            results["pyrapl"] = "not installed: row omitted"
+
+        files = [str(pc_tree.paths[z] / "energy_uj") for z in ("intel-rapl:0", "intel-rapl:0:0")]
+
+        def open_read_close() -> list[float]:
+            out = []
+            for p in files:
+                with open(p) as f:
+                    out.append(float(f.read()))
+            return out
+
+        rows["naive: open/read/close energy_uj per reading"] = per_call_ns(open_read_close, n // 4)
+
+        with Sampler(msr_meter, period=0.001) as s:
+            s.power(0.1)  # the first call watches the window; later ones read it
+            slot = s.watch(0.1)
+            env = {"s": s, "pub": s.published, "slot": slot}
+            rows["s.power(0.1) on a running sampler"] = per_stmt_ns("s.power(0.1)", env, n * 5)
+            rows["s.published[slot] (the per-iteration read)"] = per_stmt_ns(
+                "pub[slot]", env, n * 5
+            )
+            rows["empty statement (timeit loop overhead)"] = per_stmt_ns("pass", env, n * 5)
+
+            class Bare:
+                def power(self, window: float = 0.1, domain: str | None = None) -> float:
+                    return 0.0
+
+            env["bare"] = Bare()
+            rows["reference: a Python method that returns 0.0"] = per_stmt_ns(
+                "bare.power(0.1)", env, n * 5
+            )
+
+        results["sampler_1khz"] = {
+            "msr": sampler_cpu(msr_meter, cpu_s),
+            "powercap": sampler_cpu(pc_meter, cpu_s),
+            # a source whose read is one clock_gettime: the cost of the
+            # thread's 1 kHz timer wake-ups alone, the floor under the others
+            "FakeMeter (wake-up floor)": sampler_cpu(FakeMeter(40.0), cpu_s),
+        }
+        results["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    report(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "meter_read.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / "meter_read.png")
+    print(f"\nwrote {args.out / 'meter_read.json'} and {args.out / 'meter_read.png'}")
+
+
+def report(results: dict[str, Any]) -> None:
+    m = results["machine"]
+    rows = results["rows"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+          f"Python {m['python']}; fake trees in {m['tmpfs']}; 2 counters per reading; "
+          f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}")
+    print("times: best of 7 runs of the loop (as timeit), ns per call")
+    print(f"\n{'one reading (package-0 + dram-0)':58s} {'ns':>9s}")
+    for name, ns in rows.items():
+        print(f"{name:58s} {ns:9.0f}")
+    pyrapl = rows.get("pyRAPL: Sensor.energy() (pyRAPL 0.2.3.1 itself)")
+    naive = rows["naive: open/read/close energy_uj per reading"]
+    print("\nratios (how many times cheaper than the other way; target >= 5x):")
+    for ours in ("msr: C read (nrg_source_read via cffi)",
+                 "powercap: C read (nrg_source_read via cffi)",
+                 "msr: meter.read() from Python", "powercap: meter.read() from Python"):
+        line = f"  {ours:45s}"
+        if pyrapl:
+            line += f" vs pyRAPL {pyrapl / rows[ours]:6.1f}x"
+        line += f"   vs open/read/close {naive / rows[ours]:6.1f}x"
+        print(line)
+    power = rows["s.power(0.1) on a running sampler"]
+    print(f"\ns.power(0.1): {power:.0f} ns per call (target < 150 ns); "
+          f"s.published[slot]: {rows['s.published[slot] (the per-iteration read)']:.0f} ns "
+          "(timeit, loop overhead included)")
+    for name, c in results["sampler_1khz"].items():
+        print(f"sampler at 1 kHz on {name}: {c['cpu_share'] * 100:.2f}% of one core "
+              f"(target < 2%; idle process {c['idle_share'] * 100:.2f}%), "
+              f"{c['rate_hz']:.0f} samples/s, {c['errors']} errors")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG")
+        return
+    rows = {k: v for k, v in results["rows"].items()
+            if "overhead" not in k and not k.startswith("reference")}
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
+    colors = ["#2a7" if k.startswith(("msr", "powercap")) else
+              "#c44" if k.startswith(("pyRAPL", "naive")) else "#48c" for k in names]
+    ax.barh(names, [rows[k] for k in names], color=colors)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("ns per call (log scale)")
+    m = results["machine"]
+    ax.set_title(f"Cost of one reading (2 counters, fake trees in tmpfs)\n"
+                 f"{m['cpu']}, {m['cores']} cores, Python {m['python']}", fontsize=10)
+    for i, k in enumerate(names):
+        ax.text(rows[k], i, f" {rows[k]:.0f} ns", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
