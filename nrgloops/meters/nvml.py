@@ -84,12 +84,35 @@ def _status_text(status: int) -> str:
     return f'{name} ("{ffi.string(text).decode()}")' if text != ffi.NULL else name
 
 
+# Where drivers put libnvidia-ml when the loader's path misses it (container
+# runtimes mount it under /usr/local/nvidia; WSL under /usr/lib/wsl/lib).
+_SEARCH_DIRS = (
+    "/usr/local/nvidia/lib64",
+    "/usr/local/nvidia/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib/wsl/lib",
+)
+
+
 def _library(library: str | os.PathLike[str] | None) -> str:
     if library is None:
         return os.environ.get("NRGLOOPS_NVML_LIBRARY", DEFAULT_LIBRARY)
     if not isinstance(library, (str, os.PathLike)):
         raise TypeError(f"library must be a path or None, not {type(library).__name__}")
     return os.fspath(library)
+
+
+def _fallback_library(path: str) -> str | None:
+    """An absolute path to try when the loader does not find the default name."""
+    if path != DEFAULT_LIBRARY:
+        return None
+    for d in _SEARCH_DIRS:
+        candidate = os.path.join(d, DEFAULT_LIBRARY)
+        if os.path.exists(candidate):
+            return candidate
+    return None
 
 
 def _unavailable(code: int, library: str, index: int | None, count: int | None) -> NrgError:
@@ -139,6 +162,9 @@ def gpu_count(library: str | os.PathLike[str] | None = None) -> tuple[int, str]:
     count = ffi.new("unsigned int *")
     driver = ffi.new("char[96]")
     rc = lib.nrg_nvml_probe(path.encode(), count, driver, 96)
+    if rc == -errno.ENOENT and (fallback := _fallback_library(path)) is not None:
+        path = fallback
+        rc = lib.nrg_nvml_probe(path.encode(), count, driver, 96)
     if rc < 0:
         raise _unavailable(rc, path, None, None)
     return int(count[0]), ffi.string(driver).decode(errors="replace")
@@ -213,7 +239,8 @@ def open_nvml(
     Args:
         index: NVML's GPU index (as in ``nvidia-smi``), 0 and up.
         library: path of libnvidia-ml (default ``libnvidia-ml.so.1``, or
-            NRGLOOPS_NVML_LIBRARY).
+            NRGLOOPS_NVML_LIBRARY; where the loader misses the default name,
+            the usual driver folders such as /usr/local/nvidia/lib64 are tried).
         mode: "auto" (energy counter if supported, else instant power),
             "energy" or "power"; see the module docstring.
 
@@ -231,6 +258,9 @@ def open_nvml(
     path = _library(library)
     out = ffi.new("nrg_source **")
     rc = lib.nrg_nvml_new(out, path.encode(), index, _MODES[mode])
+    if rc == -errno.ENOENT and (fallback := _fallback_library(path)) is not None:
+        path = fallback
+        rc = lib.nrg_nvml_new(out, path.encode(), index, _MODES[mode])
     if rc < 0:
         # Only now count the GPUs, for the message (the status is not needed then).
         count = gpu_count(path)[0] if rc == -errno.ENXIO else None

@@ -95,8 +95,11 @@ static void advance(double t)
         return;
     }
     while (next_edge <= t) {
-        shown_j = sim_j + sim_w * (next_edge - sim_t);
-        shown_w = sim_w;
+        /* the power shown is the average over the last update period, so
+         * energy added in impulses (fake_nvml_add_energy) shows in it too */
+        double j = sim_j + sim_w * (next_edge - sim_t);
+        shown_w = (j - shown_j) / period;
+        shown_j = j;
         next_edge += period;
     }
     sim_j += sim_w * (t - sim_t);
@@ -190,6 +193,19 @@ void fake_nvml_simulate(double watts, double update_period)
             period = update_period;
             next_edge = t + update_period;
         }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+/* Add an impulse of energy (a batch of GPU work, say) to the simulation:
+ * the counter shows it at the next update, the power field averages it over
+ * the update period. */
+void fake_nvml_add_energy(double joules)
+{
+    pthread_mutex_lock(&lock);
+    if (simulated && joules > 0) {
+        advance(now());
+        sim_j += joules;
     }
     pthread_mutex_unlock(&lock);
 }
