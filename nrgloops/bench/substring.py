@@ -1,0 +1,629 @@
+"""The substring-search benchmark: an NRG-loop against a system governor.
+
+After the NRG-Loops paper's substring search (Kambadur & Kim, CGO 2016): a
+list of strings is looked up, one per loop iteration, in a text corpus, each
+search spread over ``threads`` threads.  Three modes do the same work:
+
+* ``uncapped``: all cores, no cap;
+* ``nrgloops``: the loop holds the soft cap itself, ``nrg_adapt(PowerCap(cap),
+  knob=Knob(lo, cores, step))`` ramping the thread count (the paper's -2/+2;
+  step 1 on machines with fewer than 4 cores);
+* ``governor``: the uncapped workload under a system governor set to the cap
+  (the RAPL power limit, or a cgroup CPU quota moved by a power feedback loop).
+
+Every run is measured the same way, from one sampler on one meter that counts
+the whole machine (the cgroup governor's workload is a child process): energy
+from the meter's counter, time from the monotonic clock, the peak and the
+share of time over the cap from the windowed power at each sample (the first
+window of a run, which still averages over what came before, is left out).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import mmap
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nrgloops.bench.corpus import make_corpus, make_patterns
+from nrgloops.bench.machine import machine_info
+from nrgloops.bench.search import Searcher, cpu_count
+from nrgloops.constraints import PowerCap, default_window
+from nrgloops.control import POLICIES, Knob
+from nrgloops.governor import CgroupGovernor, Governor, open_governor
+from nrgloops.loops import nrg_adapt
+from nrgloops.meters import KINDS, Meter, open_meter
+from nrgloops.sampler import Sampler
+
+__all__ = [
+    "COLUMNS",
+    "MODES",
+    "Config",
+    "Row",
+    "SubstringBench",
+    "format_table",
+    "parse_caps",
+    "plot",
+    "thread_knob",
+]
+
+COLUMNS = (
+    "mode",
+    "cap_w",
+    "avg_power_w",
+    "peak_power_w",
+    "over_cap_fraction",
+    "energy_j",
+    "energy_rel",
+    "time_s",
+    "time_rel",
+    "measured",
+    "meter",
+)
+MODES = ("uncapped", "nrgloops", "governor")
+
+# Caps between the idle and the uncapped power, as fractions of that span.
+QUICK_FRACTIONS = (0.55, 0.7, 0.85)
+FULL_FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def parse_caps(text: str) -> list[float]:
+    """"30,35,40" -> [30.0, 35.0, 40.0]; ValueError naming the bad entry."""
+    caps = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part.removesuffix("W").removesuffix("w"))
+        except ValueError:
+            raise ValueError(f"--caps: {part!r} is not a number of watts") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"--caps: each cap must be a finite number of watts > 0, got {part}")
+        caps.append(value)
+    if not caps:
+        raise ValueError("--caps: give at least one cap in watts, e.g. --caps 30,35,40")
+    return caps
+
+
+def thread_knob(cores: int, policy: str = "step") -> Knob:
+    """The paper's thread ramp: steps of 2 threads (2, 4, ... up to the cores),
+    steps of 1 on machines with fewer than 4 cores."""
+    step = 2 if cores >= 4 else 1
+    lo = step
+    hi = lo + step * ((cores - lo) // step)
+    return Knob(lo, hi, step, policy=policy)
+
+
+@dataclass
+class Config:
+    """What to run.  ``None`` means: the default for ``quick`` or not."""
+
+    caps: list[float] | None = None
+    governor: str = "auto"
+    meter: str = "auto"
+    policy: str = "step"
+    quick: bool = False
+    seed: int = 0
+    size_mb: float | None = None  # corpus size, MiB (default 16 quick, 64 full)
+    strings: int | None = None  # strings to look up (default: ~target_s uncapped)
+    target_s: float | None = None  # seconds the uncapped run should last (5 quick, 15)
+    idle_s: float | None = None  # seconds of idle measurement (1 quick, 3)
+    window: float | None = None  # power window, s (default: the meter's)
+
+    def validate(self) -> None:
+        if self.caps is not None:
+            if not self.caps:
+                raise ValueError("caps: give at least one cap in watts")
+            for c in self.caps:
+                if isinstance(c, bool) or not isinstance(c, (int, float)):
+                    raise TypeError(f"caps must be numbers of watts, got {c!r}")
+                if not math.isfinite(c) or c <= 0:
+                    raise ValueError(f"caps must be finite numbers of watts > 0, got {c!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.meter not in KINDS:
+            raise ValueError(f"meter must be one of {', '.join(KINDS)}, got {self.meter!r}")
+        for name in ("size_mb", "target_s", "idle_s", "window"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(v) or v <= 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if self.strings is not None and self.strings < 1:
+            raise ValueError(f"strings must be >= 1, got {self.strings}")
+
+    @property
+    def size_bytes(self) -> int:
+        mb = self.size_mb if self.size_mb is not None else (16 if self.quick else 64)
+        return max(4096, int(mb * (1 << 20)))
+
+    @property
+    def target(self) -> float:
+        return self.target_s if self.target_s is not None else (5.0 if self.quick else 15.0)
+
+    @property
+    def idle(self) -> float:
+        return self.idle_s if self.idle_s is not None else (1.0 if self.quick else 3.0)
+
+    @property
+    def fractions(self) -> Sequence[float]:
+        return QUICK_FRACTIONS if self.quick else FULL_FRACTIONS
+
+
+@dataclass
+class Row:
+    """One (mode, cap) run; ``details`` go to the JSON only."""
+
+    mode: str
+    cap_w: float | None
+    avg_power_w: float
+    peak_power_w: float
+    over_cap_fraction: float | None
+    energy_j: float
+    energy_rel: float
+    time_s: float
+    time_rel: float
+    measured: bool
+    meter: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+
+class _Counter:
+    """A counter in shared memory: a forked child's progress is seen here."""
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, 8)  # anonymous and MAP_SHARED: survives fork
+
+    def add(self, n: int = 1) -> None:
+        struct.pack_into("<q", self._mem, 0, self.value + n)
+
+    @property
+    def value(self) -> int:
+        return int(struct.unpack_from("<q", self._mem, 0)[0])
+
+    def reset(self) -> None:
+        struct.pack_into("<q", self._mem, 0, 0)
+
+
+class _Measure:
+    """Measures one run from the shared sampler, pulling the windowed power
+    from the ring in a thread (the ring holds ~10 s)."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        window: float,
+        cap: float | None,
+        tick: Callable[[float], None] | None = None,
+    ) -> None:
+        self.sampler, self.window, self.cap, self._tick = sampler, window, cap, tick
+        self.times: list[float] = []
+        self.watts: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nrg-bench-measure", daemon=True)
+        self.t0 = self.t1 = self.e0 = self.e1 = 0.0
+
+    def _pull(self) -> None:
+        after = self.times[-1] if self.times else self.t0
+        t, w = self.sampler.series(after, self.window)
+        self.times += t
+        self.watts += w
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._pull()
+            if self._tick is not None:
+                self._tick(self.watts[-1] if self.watts else math.nan)
+
+    def __enter__(self) -> _Measure:
+        self.t0 = time.monotonic()
+        self.e0 = self.sampler.energy()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.t1 = time.monotonic()
+        self.e1 = self.sampler.energy()
+        self._stop.set()
+        self._thread.join()
+        self._pull()
+
+    @property
+    def duration(self) -> float:
+        return self.t1 - self.t0
+
+    @property
+    def energy(self) -> float:
+        return self.e1 - self.e0
+
+    def _inside(self) -> list[float]:
+        # Samples whose whole window lies inside the run (all, for a short run).
+        ts, ws = self.times, self.watts
+        full = [ws[i] for i in range(len(ws)) if self.t0 + self.window <= ts[i] <= self.t1]
+        return full or [ws[i] for i in range(len(ws)) if ts[i] <= self.t1]
+
+    def peak(self) -> float:
+        inside = self._inside()
+        return max(inside) if inside else self.energy / max(self.duration, 1e-9)
+
+    def over_cap(self) -> float | None:
+        inside = self._inside()
+        if self.cap is None or not inside:
+            return None
+        return sum(1 for w in inside if w > self.cap) / len(inside)
+
+
+def _search_all(corpus: bytes, patterns: Sequence[bytes], threads: int, done: _Counter) -> int:
+    """The uncapped workload; it makes its own thread pool (it may run in a
+    forked child, where this process's threads do not exist)."""
+    total = 0
+    with Searcher(corpus, max_threads=threads) as s:
+        for p in patterns:
+            total += s.count(p, threads)
+            done.add()
+    return total
+
+
+def _log_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class SubstringBench:
+    """Set up (meter, governor: errors here, before any work), then ``run()``.
+
+    ``log`` gets one line per step; ``live`` (optional) gets a status line
+    about every half second while a run lasts.  Rows accumulate in
+    ``rows`` as runs finish, so an interrupted sweep keeps what it did.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        log: Callable[[str], None] = _log_stderr,
+        live: Callable[[str], None] | None = None,
+        powercap_root: str = "/sys/class/powercap",
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.log, self.live = log, live
+        self.meter: Meter = open_meter(config.meter)
+        self.governor: Governor | None
+        self.governor, self.governor_why = open_governor(config.governor, powercap_root)
+        self.window = config.window or default_window(self.meter)
+        self.cores = cpu_count()
+        self.rows: list[Row] = []
+        self.idle_w: float | None = None
+        self.caps: list[float] = list(config.caps) if config.caps else []
+        self.corpus_info: dict[str, Any] = {}
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self._done = _Counter()
+        self._base: Row | None = None
+
+    # -- pieces --------------------------------------------------------------
+    def _label(self) -> str:
+        return self.meter.label
+
+    def _row(self, mode: str, cap: float | None, m: _Measure, details: dict[str, Any]) -> Row:
+        base = self._base
+        e, t = m.energy, m.duration
+        row = Row(
+            mode=mode,
+            cap_w=cap,
+            avg_power_w=e / t if t > 0 else math.nan,
+            peak_power_w=m.peak(),
+            over_cap_fraction=m.over_cap(),
+            energy_j=e,
+            energy_rel=e / base.energy_j if base else 1.0,
+            time_s=t,
+            time_rel=t / base.time_s if base else 1.0,
+            measured=self.meter.measured,
+            meter=self.meter.kind,
+            details=details,
+        )
+        self.rows.append(row)
+        over = "" if row.over_cap_fraction is None else f", over cap {row.over_cap_fraction:.0%}"
+        self.log(
+            f"  {mode:<8} {_cap_text(cap):>8}: {t:6.2f} s, {e:8.1f} J, avg {row.avg_power_w:.2f} W"
+            f", peak {row.peak_power_w:.2f} W{over}, energy x{row.energy_rel:.2f} "
+            f"({self._label()})"
+        )
+        return row
+
+    def _measure(self, sampler: Sampler, mode: str, cap: float | None, total: int) -> _Measure:
+        self._done.reset()
+        live = self.live
+
+        def tick(watts: float) -> None:
+            if live is not None:
+                live(
+                    f"  {mode:<8} {_cap_text(cap):>8}: {self._done.value}/{total} strings, "
+                    f"{watts:.1f} W ({self._label()})"
+                )
+
+        return _Measure(sampler, self.window, cap, tick)
+
+    def _calibrate(self, corpus: bytes) -> int:
+        """Strings for an uncapped run of about ``target`` seconds."""
+        probe = make_patterns(corpus, 64, seed=self.config.seed + 7)
+        with Searcher(corpus, max_threads=self.cores) as s:
+            s.count(probe[0], self.cores)  # page the corpus in
+            t0, n = time.monotonic(), 0
+            while n < len(probe) and (time.monotonic() - t0 < 0.4 or n < 4):
+                s.count(probe[n], self.cores)
+                n += 1
+            per = (time.monotonic() - t0) / n
+        return max(8, int(round(self.config.target / per)))
+
+    def _run_nrgloops(
+        self, sampler: Sampler, corpus: bytes, patterns: Sequence[bytes], cap: float
+    ) -> Row:
+        knob = thread_knob(self.cores, self.config.policy)
+        power_cap = PowerCap(cap, window=self.window, meter=self.meter)
+        total = threads_sum = 0
+        searcher = Searcher(corpus, max_threads=self.cores)
+        with self._measure(sampler, "nrgloops", cap, len(patterns)) as m, searcher, nrg_adapt(
+            power_cap, knob=knob
+        ) as loop:
+            # The paper's loop: one string per iteration, with as many
+            # threads as the knob says; the library moves the knob.
+            for p in patterns:
+                loop.step()
+                k = int(knob.value)
+                total += searcher.count(p, k)
+                threads_sum += k
+                self._done.add()
+        rep = loop.report
+        return self._row(
+            "nrgloops",
+            cap,
+            m,
+            {
+                "matches": total,
+                "mean_threads": threads_sum / max(1, len(patterns)),
+                "knob": rep.knob,
+                "loop_over_cap_fraction": rep.over_cap_fraction,
+                "loop_peak_power_w": rep.peak_power_w,
+            },
+        )
+
+    def _run_governor(
+        self, sampler: Sampler, corpus: bytes, patterns: Sequence[bytes], cap: float
+    ) -> Row:
+        gov = self.governor
+        assert gov is not None
+        done, cores = self._done, self.cores
+        with self._measure(sampler, "governor", cap, len(patterns)) as m:
+            total = gov.run(cap, lambda: _search_all(corpus, patterns, cores, done), sampler,
+                            self.window)
+        details: dict[str, Any] = {"matches": total, "governor": gov.name}
+        if isinstance(gov, CgroupGovernor) and gov.trace.quota_cpus:
+            q = gov.trace.quota_cpus
+            details["mean_quota_cpus"] = sum(q) / len(q)
+        return self._row("governor", cap, m, details)
+
+    # -- the sweep -------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.config
+        gov = self.governor.name if self.governor else "none"
+        self.log(
+            f"nrgloops bench substring: {self.cores} cores, meter {self.meter.kind} "
+            f"({self._label()}: {self.meter.description}), governor {gov}"
+        )
+        if self.governor is None:
+            self.log(f"  {self.governor_why}: the governor rows are left out")
+        with Sampler(self.meter) as sampler:
+            sampler.watch(self.window)
+            # 1. idle power, before anything runs
+            self.log(f"[idle] measuring idle power for {cfg.idle:g} s")
+            with _Measure(sampler, self.window, None) as m:
+                time.sleep(cfg.idle)
+            self.idle_w = m.energy / m.duration
+            self.log(f"  idle: {self.idle_w:.2f} W ({self._label()})")
+            # 2. the corpus and the strings
+            corpus = make_corpus(cfg.size_bytes, cfg.seed)
+            n = cfg.strings or self._calibrate(corpus)
+            patterns = make_patterns(corpus, n, cfg.seed)
+            self.corpus_info = {"bytes": len(corpus), "seed": cfg.seed, "strings": n}
+            self.log(
+                f"[corpus] {len(corpus) / (1 << 20):.0f} MiB, {n} strings "
+                f"(uncapped run ~{cfg.target:g} s)"
+            )
+            # 3. uncapped
+            self.log("[uncapped] all cores, no cap")
+            with self._measure(sampler, "uncapped", None, n) as m:
+                total = _search_all(corpus, patterns, self.cores, self._done)
+            self._base = self._row("uncapped", None, m, {"matches": total})
+            self.corpus_info["matches"] = total
+            if isinstance(self.governor, CgroupGovernor) and self.idle_w is not None:
+                # The governor's model hint, from what we just measured.
+                span = self._base.avg_power_w - self.idle_w
+                if span > 0:
+                    self.governor.watts_per_cpu = span / self.cores
+                    self.governor.idle_w = self.idle_w
+            # 4. the caps
+            if not self.caps:
+                lo, hi = self.idle_w, self._base.avg_power_w
+                if hi <= lo * 1.02:
+                    raise RuntimeError(
+                        f"the uncapped run ({hi:.2f} W) drew no more than idle ({lo:.2f} W): "
+                        "no range of caps to sweep; give --caps"
+                    )
+                self.caps = [round(lo + f * (hi - lo), 1) for f in cfg.fractions]
+            modes = ["nrgloops"] + (["governor"] if self.governor is not None else [])
+            runs = len(self.caps) * len(modes)
+            k = 0
+            for cap in self.caps:
+                for mode in modes:
+                    k += 1
+                    self.log(f"[{k}/{runs}] {mode} at a cap of {cap:g} W")
+                    if mode == "nrgloops":
+                        row = self._run_nrgloops(sampler, corpus, patterns, cap)
+                    else:
+                        row = self._run_governor(sampler, corpus, patterns, cap)
+                    if row.details.get("matches") != total:
+                        raise RuntimeError(
+                            f"{mode} at {cap:g} W found {row.details.get('matches')} matches, "
+                            f"uncapped found {total}: the runs did different work"
+                        )
+
+    # -- results ---------------------------------------------------------------
+    def document(self, interrupted: bool = False) -> dict[str, Any]:
+        """Everything about the sweep, JSON-able."""
+        from nrgloops import __version__
+
+        cfg = self.config
+        return {
+            "benchmark": "substring",
+            "nrgloops": __version__,
+            "started": self.started.isoformat(timespec="seconds"),
+            "interrupted": interrupted,
+            "machine": machine_info(),
+            "meter": {
+                "kind": self.meter.kind,
+                "measured": self.meter.measured,
+                "label": self.meter.label,
+                "description": self.meter.description,
+                "window_s": self.window,
+            },
+            "governor": {
+                "kind": self.governor.name if self.governor else None,
+                "description": self.governor.description if self.governor else None,
+                "why": self.governor_why,
+            },
+            "config": {
+                "caps_w": self.caps,
+                "policy": cfg.policy,
+                "quick": cfg.quick,
+                "knob": _knob_text(self.cores, cfg.policy),
+            },
+            "corpus": self.corpus_info,
+            "idle_w": self.idle_w,
+            "columns": list(COLUMNS),
+            "rows": [{**r.values(), "details": r.details} for r in self.rows],
+        }
+
+    def write(self, out: str | Path, interrupted: bool = False) -> list[Path]:
+        """Write ``substring.csv``, ``.json`` and ``.png`` into ``out``."""
+        d = Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        doc = self.document(interrupted)
+        paths = [d / "substring.csv", d / "substring.json", d / "substring.png"]
+        with open(paths[0], "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for r in self.rows:
+                w.writerow(["" if v is None else _csv_value(v) for v in r.values().values()])
+        paths[1].write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+        plot(doc, paths[2])
+        return paths
+
+    def table(self) -> str:
+        return format_table(self.rows, self.meter)
+
+
+def _cap_text(cap: float | None) -> str:
+    return "no cap" if cap is None else f"{cap:g} W"
+
+
+def _knob_text(cores: int, policy: str) -> str:
+    k = thread_knob(cores, policy)
+    return f"threads {k.lo:g}..{k.hi:g} step {k.step:g}, policy {policy}"
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def format_table(rows: Sequence[Row], meter: Meter) -> str:
+    """The rows as a text table, units in the header, measured/estimated said."""
+    head = (
+        f"{'mode':<9}{'cap W':>7}{'avg W':>8}{'peak W':>8}{'over cap':>9}{'energy J':>10}"
+        f"{'E/uncap':>8}{'time s':>8}{'t/uncap':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in sorted(rows, key=lambda r: (r.cap_w is not None, r.cap_w or 0.0, MODES.index(r.mode))):
+        over = "" if r.over_cap_fraction is None else f"{r.over_cap_fraction:.0%}"
+        cap = "" if r.cap_w is None else f"{r.cap_w:g}"
+        lines.append(
+            f"{r.mode:<9}{cap:>7}{r.avg_power_w:>8.2f}{r.peak_power_w:>8.2f}{over:>9}"
+            f"{r.energy_j:>10.1f}{r.energy_rel:>8.2f}{r.time_s:>8.2f}{r.time_rel:>8.2f}"
+        )
+    lines.append(
+        f"powers and energies {meter.label.upper()} by the {meter.kind} meter"
+        f" ({meter.description.split(' -- ')[0]})"
+    )
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> None:
+    """The paper-style figure: energy relative to uncapped against the cap,
+    one line per mode; and the achieved power against the cap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["rows"]
+    machine, meter = doc["machine"], doc["meter"]
+    fig, (ax_e, ax_p) = plt.subplots(1, 2, figsize=(11, 4.4))
+    styles = {"nrgloops": ("tab:green", "o"), "governor": ("tab:red", "s")}
+    gov = doc["governor"]["kind"] or "none"
+    names = {"nrgloops": "NRG-loop (thread ramp)", "governor": f"system governor ({gov})"}
+    caps_all = sorted({r["cap_w"] for r in rows if r["cap_w"] is not None})
+    for mode, (color, marker) in styles.items():
+        pts = sorted((r["cap_w"], r) for r in rows if r["mode"] == mode)
+        if not pts:
+            continue
+        x = [c for c, _ in pts]
+        ax_e.plot(x, [r["energy_rel"] for _, r in pts], marker=marker, color=color,
+                  label=names[mode])
+        ax_p.plot(x, [r["avg_power_w"] for _, r in pts], marker=marker, color=color,
+                  label=f"{names[mode]}: average")
+        ax_p.plot(x, [r["peak_power_w"] for _, r in pts], marker=marker, color=color,
+                  linestyle=":", fillstyle="none",
+                  label=f"{names[mode]}: peak ({meter['window_s']:g} s window)")
+    base = [r for r in rows if r["mode"] == "uncapped"]
+    ax_e.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uncapped")
+    if caps_all:
+        span = [min(caps_all), max(caps_all)]
+        ax_p.plot(span, span, color="black", linestyle="--", linewidth=1, label="cap")
+    if base:
+        ax_p.axhline(base[0]["avg_power_w"], color="gray", linestyle="--", linewidth=1,
+                     label="uncapped average")
+    if doc.get("idle_w"):
+        ax_p.axhline(doc["idle_w"], color="gray", linestyle=":", linewidth=1, label="idle")
+    label = meter["label"]
+    ax_e.set_xlabel("soft power cap (W)")
+    ax_e.set_ylabel("energy relative to uncapped")
+    ax_e.set_title(f"energy ({label})")
+    ax_p.set_xlabel("soft power cap (W)")
+    ax_p.set_ylabel(f"power (W, {label})")
+    ax_p.set_title(f"achieved power ({label})")
+    for ax in (ax_e, ax_p):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    title = (
+        f"Substring search on {machine['cpu_model']} ({machine['cores']} cores), "
+        f"{meter['kind']} meter"
+    )
+    if not meter["measured"]:
+        title += " — power ESTIMATED, not measured"
+    if doc.get("interrupted"):
+        title += " (interrupted: partial)"
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
