@@ -53,6 +53,7 @@ __all__ = [
     "format_table",
     "parse_caps",
     "plot",
+    "sweep_caps",
     "thread_knob",
 ]
 
@@ -95,6 +96,18 @@ def parse_caps(text: str) -> list[float]:
     return caps
 
 
+def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> list[float]:
+    """Caps at ``fractions`` of the way from the idle to the uncapped power,
+    rounded to 0.1 W."""
+    if not uncapped_w > idle_w * 1.02:
+        raise RuntimeError(
+            f"the uncapped run ({uncapped_w:.2f} W) drew no more than idle ({idle_w:.2f} W), "
+            "so there is no range of caps to sweep (was another program busy while idle "
+            "was measured?); give the caps with --caps"
+        )
+    return [round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions]
+
+
 def thread_knob(cores: int, policy: str = "step") -> Knob:
     """The paper's thread ramp: steps of 2 threads (2, 4, ... up to the cores),
     steps of 1 on machines with fewer than 4 cores."""
@@ -110,7 +123,7 @@ class Config:
 
     caps: list[float] | None = None
     governor: str = "auto"
-    meter: str = "auto"
+    meter: str | Meter = "auto"  # a kind, or a Meter (tests: FakeMeter)
     policy: str = "step"
     quick: bool = False
     seed: int = 0
@@ -131,7 +144,7 @@ class Config:
                     raise ValueError(f"caps must be finite numbers of watts > 0, got {c!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.meter not in KINDS:
+        if not isinstance(self.meter, Meter) and self.meter not in KINDS:
             raise ValueError(f"meter must be one of {', '.join(KINDS)}, got {self.meter!r}")
         for name in ("size_mb", "target_s", "idle_s", "window"):
             v = getattr(self, name)
@@ -226,15 +239,19 @@ class _Measure:
             if self._tick is not None:
                 self._tick(self.watts[-1] if self.watts else math.nan)
 
+    def _read(self) -> tuple[float, float]:
+        # The counter read now, not the sampler's last sample: exact at the
+        # run's edges even for a run of a few sampler periods.
+        r = self.sampler.meter.read()
+        return r.time, sum(r.joules[d] for d in self.sampler.meter.total_domains)
+
     def __enter__(self) -> _Measure:
-        self.t0 = time.monotonic()
-        self.e0 = self.sampler.energy()
+        self.t0, self.e0 = self._read()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.t1 = time.monotonic()
-        self.e1 = self.sampler.energy()
+        self.t1, self.e1 = self._read()
         self._stop.set()
         self._thread.join()
         self._pull()
@@ -418,7 +435,7 @@ class SubstringBench:
         gov = self.governor.name if self.governor else "none"
         self.log(
             f"nrgloops bench substring: {self.cores} cores, meter {self.meter.kind} "
-            f"({self._label()}: {self.meter.description}), governor {gov}"
+            f"({self._label()}: {self.meter.description.split(' -- ')[0]}), governor {gov}"
         )
         if self.governor is None:
             self.log(f"  {self.governor_why}: the governor rows are left out")
@@ -453,13 +470,7 @@ class SubstringBench:
                     self.governor.idle_w = self.idle_w
             # 4. the caps
             if not self.caps:
-                lo, hi = self.idle_w, self._base.avg_power_w
-                if hi <= lo * 1.02:
-                    raise RuntimeError(
-                        f"the uncapped run ({hi:.2f} W) drew no more than idle ({lo:.2f} W): "
-                        "no range of caps to sweep; give --caps"
-                    )
-                self.caps = [round(lo + f * (hi - lo), 1) for f in cfg.fractions]
+                self.caps = sweep_caps(self.idle_w, self._base.avg_power_w, cfg.fractions)
             modes = ["nrgloops"] + (["governor"] if self.governor is not None else [])
             runs = len(self.caps) * len(modes)
             k = 0
@@ -614,7 +625,8 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
     ax_p.set_title(f"achieved power ({label})")
     for ax in (ax_e, ax_p):
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     title = (
         f"Substring search on {machine['cpu_model']} ({machine['cores']} cores), "
         f"{meter['kind']} meter"

@@ -1,0 +1,158 @@
+"""The substring sweep end to end on a tiny corpus, and its pieces."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from nrgloops.bench.substring import (
+    COLUMNS,
+    Config,
+    SubstringBench,
+    format_table,
+    parse_caps,
+    plot,
+    sweep_caps,
+    thread_knob,
+)
+from nrgloops.governor import CgroupGovernor, GovernorUnavailable
+from nrgloops.testing import FakeMeter
+
+
+def _cgroup_here() -> bool:
+    try:
+        CgroupGovernor().check()
+    except (GovernorUnavailable, OSError):
+        return False
+    return True
+
+
+def _nrgloops_groups() -> set[str]:
+    try:
+        _, parent = CgroupGovernor().where()
+    except GovernorUnavailable:
+        return set()
+    return {p for p in os.listdir(parent) if p.startswith("nrgloops-")}
+
+
+def _tiny(meter: object, governor: str, caps: list[float]) -> Config:
+    return Config(
+        caps=caps, governor=governor, meter=meter,  # type: ignore[arg-type]
+        size_mb=1, strings=60, idle_s=0.2,
+    )
+
+
+@pytest.mark.parametrize("meter", ["model", "fake"])
+def test_tiny_sweep_writes_three_files(
+    tmp_path: Path, meter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NRGLOOPS_JOURNAL_DIR", str(tmp_path / "journal"))
+    governor = "cgroup" if _cgroup_here() else "none"
+    m = FakeMeter(watts=10.0, measured=False) if meter == "fake" else "model"
+    lines: list[str] = []
+    groups = _nrgloops_groups()
+    bench = SubstringBench(_tiny(m, governor, [12.0, 30.0]), log=lines.append)
+    bench.run()
+    paths = bench.write(tmp_path / "out")
+    assert [p.name for p in paths] == ["substring.csv", "substring.json", "substring.png"]
+    assert _nrgloops_groups() == groups  # the governor left nothing behind
+
+    with open(paths[0], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0].keys()) == COLUMNS
+    modes = [(r["mode"], r["cap_w"]) for r in rows]
+    expect = [("uncapped", ""), ("nrgloops", "12"), ("nrgloops", "30")]
+    if governor != "none":
+        expect = [("uncapped", ""), ("nrgloops", "12"), ("governor", "12"),
+                  ("nrgloops", "30"), ("governor", "30")]
+    assert modes == expect
+    assert rows[0]["energy_rel"] == "1" and rows[0]["time_rel"] == "1"
+    assert {r["measured"] for r in rows} == {"False"}
+    for r in rows:
+        assert float(r["energy_j"]) > 0 and float(r["time_s"]) > 0
+
+    doc = json.loads(paths[1].read_text())
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu_model"]
+    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == "estimated"
+    assert doc["interrupted"] is False
+    assert doc["corpus"]["strings"] == 60
+    matches = {r["details"]["matches"] for r in doc["rows"]}
+    assert len(matches) == 1  # every mode did the same work
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("[uncapped]" in line for line in lines)
+    table = bench.table()
+    assert "ESTIMATED" in table and "uncapped" in table
+    assert not list((tmp_path / "journal").glob("*.json"))
+
+
+def test_fake_meter_over_cap_sheds_threads(tmp_path: Path) -> None:
+    # A fake power always over the cap: the knob goes to its lowest level.
+    fake = FakeMeter(watts=50.0)
+    cfg = Config(caps=[20.0], governor="none", meter=fake, size_mb=2, strings=1500, idle_s=0.1)
+    bench = SubstringBench(cfg, log=lambda _: None)
+    bench.run()
+    (_, row) = bench.rows
+    assert row.mode == "nrgloops"
+    assert row.over_cap_fraction == 1.0
+    knob = row.details["knob"]
+    if bench.cores > 1:
+        assert knob["moves"] >= 1 and row.details["mean_threads"] < bench.cores
+
+
+def test_sweep_caps() -> None:
+    assert sweep_caps(5.0, 21.0, (0.5, 0.75)) == [13.0, 17.0]
+    with pytest.raises(RuntimeError, match="--caps"):
+        sweep_caps(20.0, 20.1, (0.5,))
+
+
+def test_thread_knob() -> None:
+    def span(cores: int) -> tuple[float, float, float]:
+        k = thread_knob(cores)
+        return (k.lo, k.hi, k.step)
+
+    assert span(1) == (1, 1, 1)
+    assert span(2) == (1, 2, 1)
+    assert span(3) == (1, 3, 1)
+    assert span(8) == (2, 8, 2)  # the paper's +2/-2
+    assert span(5) == (2, 4, 2)
+    assert thread_knob(8, "aimd").policy == "aimd"
+
+
+def test_parse_caps() -> None:
+    assert parse_caps("30,35, 40") == [30.0, 35.0, 40.0]
+    assert parse_caps("12.5W") == [12.5]
+    for bad, what in [("0", "> 0"), ("-3", "> 0"), ("abc", "not a number"), ("nan", "> 0"),
+                      ("inf", "> 0"), ("", "at least one"), (",", "at least one")]:
+        with pytest.raises(ValueError, match=what):
+            parse_caps(bad)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="caps"):
+        SubstringBench(Config(caps=[-1.0]))
+    with pytest.raises(ValueError, match="policy"):
+        SubstringBench(Config(policy="bang"))
+    with pytest.raises(ValueError, match="meter"):
+        SubstringBench(Config(meter="geiger"))
+    with pytest.raises(ValueError, match="size_mb"):
+        SubstringBench(Config(size_mb=0))
+    with pytest.raises(ValueError, match="size_mb"):
+        SubstringBench(Config(size_mb=math.nan))
+
+
+def test_plot_partial_and_table(tmp_path: Path) -> None:
+    # An interrupted sweep (only the uncapped row) still draws and prints.
+    fake = FakeMeter(watts=10.0)
+    bench = SubstringBench(
+        Config(caps=[5.0], governor="none", meter=fake, size_mb=1, strings=10, idle_s=0.05),
+        log=lambda _: None,
+    )
+    doc = bench.document(interrupted=True)
+    plot(doc, tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").stat().st_size > 0
+    assert "MEASURED" in format_table([], fake)
