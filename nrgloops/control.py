@@ -20,7 +20,7 @@ When no level lands in the band (one level is over the cap, the next one
 down well under it) a bare ramp would go up and down for ever.  So a knob
 remembers the lowest level it found over the cap, its *ceiling*: after a
 move down from the ceiling it goes back up to it only after a hold that
-doubles each time the ceiling is confirmed (``dwell`` x 2, 4, ... up to
+triples each time the ceiling is confirmed (``dwell`` x 3, 9, 27 ... up to
 ``max_hold`` seconds).  Reversals thus fall off exponentially instead of
 chattering, and the knob still finds out when the workload gets lighter.
 (``backoff=False`` turns this off.)
@@ -34,6 +34,7 @@ from typing import Any
 __all__ = ["POLICIES", "Knob"]
 
 POLICIES = ("step", "aimd", "pi")
+BACKOFF_GROWTH = 3.0  # the hold below the ceiling: 3, 9, 27 ... dwells
 
 
 def _number(name: str, value: Any) -> float:
@@ -210,7 +211,8 @@ class Knob:
             self._ceiling, self._hold = i, 0.0
         if i == self._ceiling:
             # over again at the ceiling: stay below it longer next time
-            self._hold = min(self.max_hold, max(2.0 * self._hold, 2.0 * max(wait, 0.01)))
+            first = BACKOFF_GROWTH * max(wait, 0.01)
+            self._hold = min(self.max_hold, max(BACKOFF_GROWTH * self._hold, first))
             self._below_since = now
 
     def _move_to(self, index: int, now: float) -> None:
