@@ -44,11 +44,11 @@ def main() -> None:
     cap = nrgloops.PowerCap(cap_w, meter=meter)
     threads = thread_knob(cores)  # Knob(1..cores, step 1 or 2, policy="step")  # NRG
     found = 0
-    with Searcher(corpus, max_threads=cores) as search:
-        with nrgloops.nrg_adapt(cap, knob=threads) as loop:  # NRG
-            for s in strings:
-                loop.step()  # NRG: one iteration; the library moves threads.value
-                found += search.count(s, threads.value)
+    search = Searcher(corpus, max_threads=cores)
+    with search, nrgloops.nrg_adapt(cap, knob=threads) as loop:  # NRG
+        for s in strings:
+            loop.step()  # NRG: one iteration; the library moves threads.value
+            found += search.count(s, threads.value)
     print(f"{len(strings)} strings, {found} matches, cap {cap_w:g} W")
     print(loop.report)
 
