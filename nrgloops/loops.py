@@ -516,20 +516,24 @@ class _ItemsLoop(_Loop, Generic[T]):
             self._len = None
         self._ran = self._skipped = 0
         self._done = False
-        self._gen: Generator[T, None, None] | None = None
+        # weak: a `break` out of the for loop must free (and so close) the
+        # generator at once, which ends the loop
+        self._gen: weakref.ref[Generator[T, None, None]] | None = None
 
     def __iter__(self) -> Generator[T, None, None]:
         if self._gen is not None:
             raise NrgError(f"this {self.kind} loop was already iterated; make a new one")
-        self._gen = self._run()
-        return self._gen
+        gen = self._run()
+        self._gen = weakref.ref(gen)
+        return gen
 
     def __enter__(self) -> _ItemsLoop[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._gen is not None:
-            self._gen.close()
+        gen = self._gen() if self._gen is not None else None
+        if gen is not None:
+            gen.close()
         self._stop()
 
     def _iterations(self) -> dict[str, int | None]:

@@ -1,0 +1,460 @@
+"""The NRG-loops in closed loop with a FakeMeter (real time, short runs)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nrgloops import sampler as sampler_mod
+from nrgloops._errors import NrgError
+from nrgloops.constraints import EnergyBudget, PowerCap
+from nrgloops.control import POLICIES, Knob
+from nrgloops.loops import AdaptedFunction, nrg_adapt, nrg_alternate, perforate, truncate
+from nrgloops.report import Report
+from nrgloops.testing import FakeMeter
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.fixture
+def fake() -> FakeMeter:
+    return FakeMeter(40.0)
+
+
+# -- adapted loops: the closed loop ------------------------------------------------
+def test_decorator_holds_the_cap_between_the_two_variants(fake: FakeMeter) -> None:
+    cap = PowerCap(50, meter=fake)
+
+    @nrg_adapt(cap)
+    def full(x: int) -> int:
+        fake.watts = 80.0
+        spin(0.0002)
+        return x
+
+    @nrg_alternate(full)
+    def degraded(x: int) -> int:
+        fake.watts = 20.0
+        spin(0.0002)
+        return -x
+
+    assert degraded(3) == -3  # nrg_alternate returns the function unchanged
+    with full:
+        end = time.monotonic() + 1.2
+        while time.monotonic() < end:
+            full(1)
+    r = full.report
+    assert not r.running
+    assert r.avg_power_w == pytest.approx(50.0, rel=0.04)
+    assert r.iterations["adapt"] > 100 and r.iterations["alternate"] > 100
+    assert 0.2 < (r.over_cap_fraction or 0) < 0.8
+    assert r.peak_power_w >= 50.0
+    assert r.duration_s == pytest.approx(1.2, abs=0.1)
+    assert r.energy_j == pytest.approx(r.avg_power_w * r.duration_s)
+    assert {v for _, _, v in r.timeline} == {"adapt", "alternate"}
+
+
+def test_context_manager_holds_the_cap(fake: FakeMeter) -> None:
+    cap = PowerCap(50, meter=fake)
+    with nrg_adapt(cap) as loop:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            fake.watts = 80.0 if loop.under_cap else 20.0
+            spin(0.0002)
+    r = loop.report
+    assert r.avg_power_w == pytest.approx(50.0, rel=0.04)
+    assert min(r.iterations.values()) > 100  # type: ignore[type-var]
+    assert not loop.running
+
+
+def test_return_values_pass_through_and_sugar_registers(fake: FakeMeter) -> None:
+    fake.watts = 10.0
+
+    @nrg_adapt(PowerCap(1e6, meter=fake))
+    def f(a: int, b: int = 2, *rest: int, c: int = 3, **kw: int) -> tuple[object, ...]:
+        return (a, b, rest, c, kw)
+
+    @f.alternate
+    def g(a: int, b: int = 2, *rest: int, c: int = 3, **kw: int) -> tuple[object, ...]:
+        return ("alt",)
+
+    with f:
+        assert f(1) == (1, 2, (), 3, {})
+        assert f(1, 5, 6, 7, c=8, d=9) == (1, 5, (6, 7), 8, {"d": 9})
+        assert f(a=4) == (4, 2, (), 3, {})
+    assert f.report.iterations == {"adapt": 3, "alternate": 0}
+    assert f.__name__ == "f" and isinstance(f, AdaptedFunction)
+
+
+def test_alternate_runs_over_the_cap(fake: FakeMeter) -> None:
+    fake.watts = 100.0
+
+    @nrg_adapt(PowerCap(1.0, meter=fake))
+    def f(x: int, /) -> str:
+        return "full"
+
+    @f.alternate
+    def g(x: int) -> str:
+        return "alt"
+
+    with f:
+        time.sleep(0.02)  # let the window fill at 100 W
+        got = [f(i) for i in range(10)]
+    assert got == ["alt"] * 10
+    assert f.report.iterations == {"adapt": 0, "alternate": 10}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [len, sorted, list, lambda *a, **k: (a, k), type("C", (), {"__call__": lambda s, x: x})()],
+)
+def test_any_callable_can_be_adapted(fake: FakeMeter, body: object) -> None:
+    f = nrg_adapt(PowerCap(1e6, meter=fake), knob=Knob(0, 1, 1))(body)  # type: ignore[type-var]
+    with f:
+        assert f([3, 1]) == body([3, 1])  # type: ignore[operator]
+
+
+def test_adapted_method_gets_its_self(fake: FakeMeter) -> None:
+    cap = PowerCap(1e6, meter=fake)
+
+    class Searcher:
+        def __init__(self) -> None:
+            self.k = 10
+
+        @nrg_adapt(cap)
+        def run(self, x: int) -> int:
+            return self.k + x
+
+        @run.alternate
+        def run_cheap(self, x: int) -> int:
+            return x
+
+    s = Searcher()
+    try:
+        assert s.run(1) == 11
+    finally:
+        Searcher.run.close()
+
+
+def test_no_alternate_is_a_clear_error_at_the_first_call(fake: FakeMeter) -> None:
+    @nrg_adapt(PowerCap(45, meter=fake))
+    def f() -> None:
+        pass
+
+    with pytest.raises(NrgError, match=r"no alternate .*nrg_alternate\(.*\.alternate"):
+        f()
+    assert not f.running  # and no sampler left behind (conftest checks)
+
+
+def test_a_knob_makes_the_alternate_optional(fake: FakeMeter) -> None:
+    knob = Knob(1, 4, 1)
+
+    @nrg_adapt(PowerCap(45, meter=fake), knob=knob)
+    def f() -> int:
+        return int(knob.value)
+
+    with f:
+        assert f() == 4
+    assert f.report.knob is not None and f.report.knob["value"] == 4
+
+
+def test_bad_input(fake: FakeMeter) -> None:
+    cap = PowerCap(45, meter=fake)
+    with pytest.raises(TypeError, match="body must be callable"):
+        nrg_adapt(cap)(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cap must be a nrgloops.PowerCap"):
+        nrg_adapt(45)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="knob must be a nrgloops.Knob"):
+        nrg_adapt(cap, knob=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="nrg_alternate takes a function made by"):
+        nrg_alternate(len)  # type: ignore[arg-type]
+
+    @nrg_adapt(cap)
+    def f() -> None:
+        pass
+
+    f.alternate(lambda: None)
+    with pytest.raises(ValueError, match="already has an alternate"):
+        f.alternate(lambda: None)
+    with pytest.raises(TypeError, match="alternate body must be callable"):
+        nrg_adapt(cap)(len).alternate(None)  # type: ignore[arg-type]
+    for rate in (-0.1, 1.0, 1.5, math.nan):
+        with pytest.raises(ValueError, match=r"rate must be a share of the items in \[0, 1\)"):
+            perforate([], cap, rate=rate)
+    with pytest.raises(TypeError, match="rate must be a number"):
+        perforate([], cap, rate="half")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="budget must be a nrgloops.EnergyBudget"):
+        truncate([], cap)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="items must be iterable"):
+        truncate(3, EnergyBudget(1, meter=fake))  # type: ignore[arg-type]
+
+
+def test_under_cap_outside_with_is_an_error(fake: FakeMeter) -> None:
+    loop = nrg_adapt(PowerCap(45, meter=fake))
+    with pytest.raises(NrgError, match="use `with nrg_adapt"):
+        _ = loop.under_cap
+    with pytest.raises(NrgError, match="not started yet"):
+        _ = loop.report
+
+
+# -- exceptions, reuse, snapshots ------------------------------------------------
+def test_report_is_consistent_when_the_body_raises(fake: FakeMeter) -> None:
+    @nrg_adapt(PowerCap(1e6, meter=fake))
+    def f(x: int) -> int:
+        if x == 3:
+            raise KeyError(x)
+        return x
+
+    f.alternate(lambda x: x)
+    calls = 0
+    with pytest.raises(KeyError), f:
+        for i in range(10):
+            calls += 1
+            f(i)
+    r = f.report
+    assert not r.running and not f.running
+    assert sum(r.iterations.values()) == calls == 4  # type: ignore[arg-type]
+    assert r.duration_s > 0 and r.energy_j >= 0
+
+
+def test_context_manager_report_when_the_body_raises(fake: FakeMeter) -> None:
+    with pytest.raises(RuntimeError), nrg_adapt(PowerCap(1e6, meter=fake)) as loop:
+        for i in range(5):
+            if loop.under_cap and i == 4:
+                raise RuntimeError
+    assert loop.report.iterations == {"adapt": 5, "alternate": 0}
+
+
+def test_a_call_after_close_starts_a_new_loop(fake: FakeMeter) -> None:
+    f = nrg_adapt(PowerCap(1e6, meter=fake))(lambda: 1)
+    f.alternate(lambda: 0)
+    for _ in range(3):
+        f()
+    snapshot = f.report
+    assert snapshot.running and snapshot.iterations["adapt"] == 3
+    f.close()
+    first = f.report
+    assert not first.running and first.iterations["adapt"] == 3
+    f()
+    assert f.running and f.report.iterations["adapt"] == 1
+    f.close()
+    f.close()  # twice is fine
+
+
+def test_one_adapt_object_per_with(fake: FakeMeter) -> None:
+    loop = nrg_adapt(PowerCap(1e6, meter=fake))
+    with loop, pytest.raises(NrgError, match="already running"), loop:
+        pass
+    with loop:  # again, after the first ended
+        assert loop.step()
+    assert loop.report.iterations["adapt"] == 1
+
+
+# -- knobs in closed loop ---------------------------------------------------------
+def run_knob(fake: FakeMeter, knob: Knob, cap_w: float, seconds: float, window: float) -> Report:
+    cap = PowerCap(cap_w, window=window, meter=fake)
+    with nrg_adapt(cap, knob=knob) as loop:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            loop.step()
+            fake.watts = 10.0 + 5.0 * knob.value
+            spin(0.0001)
+    return loop.report
+
+
+def share_at_or_below(report: Report, level: int, after: float) -> float:
+    """Share of the time after `after` s that the knob spent at <= level."""
+    pts = [(t, v) for t, _, v in report.timeline if t >= after]
+    at = sum(t1 - t0 for (t0, v), (t1, _) in zip(pts, pts[1:], strict=False) if v <= level)  # type: ignore[operator]
+    return at / (pts[-1][0] - pts[0][0])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_each_policy_settles_under_the_cap_without_chatter(fake: FakeMeter, policy: str) -> None:
+    # no level lands in the band [45.6, 48] W: 7 -> 45 W, 8 -> 50 W
+    knob = Knob(0, 16, 1, policy=policy)
+    report = run_knob(fake, knob, 48.0, seconds=1.5, window=0.05)
+    # settled at level 7 (45 W) but for short probes of level 8
+    assert share_at_or_below(report, 7, after=0.75) > 0.8, report.timeline
+    assert knob.reversals <= 8, knob  # a bare ramp reverses every few iterations
+    assert report.knob is not None and report.knob["reversals"] == knob.reversals
+
+
+def test_bare_ramp_chatters(fake: FakeMeter) -> None:
+    bare = Knob(0, 16, 1, band=0.0, dwell=0.0, backoff=False)
+    run_knob(fake, bare, 48.0, seconds=0.6, window=0.05)
+    assert bare.reversals > 8
+
+
+def test_knob_with_the_decorator(fake: FakeMeter) -> None:
+    knob = Knob(0, 16, 1, policy="pi")
+    cap = PowerCap(48, window=0.03, meter=fake)
+
+    @nrg_adapt(cap, knob=knob)
+    def work() -> None:
+        fake.watts = 10.0 + 5.0 * knob.value
+        spin(0.0001)
+
+    with work:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            work()
+    r = work.report
+    assert r.knob is not None and r.knob["policy"] == "pi"
+    assert 10.0 + 5.0 * knob.value <= 48.0
+    assert r.iterations["alternate"] == 0
+    assert all(isinstance(v, int) for _, _, v in r.timeline)
+
+
+# -- truncated loops ------------------------------------------------------------------
+def test_truncate_stops_within_one_iteration_of_the_budget(fake: FakeMeter) -> None:
+    fake.watts = 40.0
+    per_item_s = 0.004  # 0.16 J an item
+    loop = truncate(range(10_000), EnergyBudget(2.0, meter=fake))
+    ran = 0
+    for _ in loop:
+        spin(per_item_s)
+        ran += 1
+    r = loop.report
+    per_item_j = 40.0 * per_item_s
+    assert r.iterations == {"ran": ran, "skipped": 0, "left": 10_000 - ran}
+    assert 2.0 - per_item_j <= r.energy_j <= 2.0 + per_item_j
+    assert r.budget_j == 2.0 and r.cap_w is None and r.over_cap_fraction is None
+    assert not loop.running
+
+
+def test_truncate_runs_everything_under_budget_and_knows_no_len(fake: FakeMeter) -> None:
+    def items() -> Iterator[int]:
+        yield from range(5)
+
+    loop = truncate(items(), EnergyBudget(1e6, meter=fake))
+    assert list(loop) == [0, 1, 2, 3, 4]
+    assert loop.report.iterations == {"ran": 5, "skipped": 0, "left": None}
+
+
+def test_truncate_break_stops_the_sampler(fake: FakeMeter) -> None:
+    loop = truncate(range(100), EnergyBudget(1e6, meter=fake))
+    for i in loop:
+        if i == 9:
+            break
+    assert not loop.running
+    assert loop.report.iterations == {"ran": 10, "skipped": 0, "left": 90}
+    with pytest.raises(NrgError, match="already iterated"):
+        iter(loop)
+
+
+def test_truncate_with_block(fake: FakeMeter) -> None:
+    with truncate(range(100), EnergyBudget(1e6, meter=fake)) as loop:
+        for i in loop:
+            if i == 4:
+                break
+    assert loop.report.iterations["ran"] == 5
+
+
+# -- perforated loops -----------------------------------------------------------------
+def test_perforate_skips_the_share_only_while_over_the_cap(fake: FakeMeter) -> None:
+    fake.watts = 20.0
+    n, switch = 600, 200
+    loop = perforate(range(n), PowerCap(50, window=0.02, meter=fake), rate=0.25)
+    seen = []
+    for i in loop:
+        seen.append(i)
+        if i == switch:
+            fake.watts = 80.0
+        spin(0.0005)
+    missing = sorted(set(range(n)) - set(seen))
+    assert missing and missing[0] > switch  # nothing skipped while under the cap
+    gaps = {b - a for a, b in zip(missing, missing[1:], strict=False)}
+    assert gaps == {4}  # every 4th item, evenly
+    first_over = missing[0] - 3
+    assert len(missing) == pytest.approx(0.25 * (n - first_over), abs=1)
+    r = loop.report
+    assert r.iterations == {"ran": len(seen), "skipped": len(missing), "left": 0}
+    assert r.timeline[0][2] == "run" and r.timeline[-1][2] == "skip"
+
+
+def test_perforate_rate_zero_skips_nothing(fake: FakeMeter) -> None:
+    fake.watts = 100.0
+    loop = perforate(range(50), PowerCap(1, meter=fake), rate=0.0)
+    assert list(loop) == list(range(50))
+    assert loop.report.iterations["skipped"] == 0
+
+
+# -- threads and nesting ------------------------------------------------------------------
+def test_loops_in_threads_share_one_sampler_with_reports_per_loop(fake: FakeMeter) -> None:
+    fake.watts = 30.0
+    results: dict[str, dict[str, int | None]] = {}
+    cores: list[int] = []
+    barrier = threading.Barrier(3)
+
+    def worker(name: str, cap_w: float) -> None:
+        f = nrg_adapt(PowerCap(cap_w, meter=fake))(lambda: "full")
+        f.alternate(lambda: "alt")
+        with f:
+            barrier.wait()
+            time.sleep(0.03)  # fill the window
+            for _ in range(2000):
+                f()
+            cores.append(len(sampler_mod._cores))
+            barrier.wait()
+        results[name] = f.report.iterations
+
+    threads = [
+        threading.Thread(target=worker, args=("high", 1000.0)),
+        threading.Thread(target=worker, args=("low", 1.0)),
+        threading.Thread(target=worker, args=("mid", 1000.0)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cores == [1, 1, 1]  # one C sampler for the meter
+    assert results["high"] == {"adapt": 2000, "alternate": 0}
+    assert results["mid"] == {"adapt": 2000, "alternate": 0}
+    assert results["low"]["alternate"] == 2000
+
+
+def test_one_adapted_function_called_from_many_threads_counts_every_call(fake: FakeMeter) -> None:
+    f = nrg_adapt(PowerCap(1e6, meter=fake))(lambda x: x)
+    f.alternate(lambda x: x)
+
+    def worker() -> None:
+        for i in range(20_000):
+            f(i)
+
+    with f:
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(f.report.iterations.values()) == 80_000  # type: ignore[arg-type]
+
+
+def test_nested_loops_have_their_own_reports(fake: FakeMeter) -> None:
+    fake.watts = 30.0
+    with nrg_adapt(PowerCap(1000, meter=fake)) as outer:
+        for _ in range(3):
+            assert outer.under_cap
+            with nrg_adapt(PowerCap(1, meter=fake)) as inner:
+                time.sleep(0.01)
+                for _ in range(7):
+                    inner.step()
+            assert inner.report.iterations == {"adapt": 0, "alternate": 7}
+    assert outer.report.iterations == {"adapt": 3, "alternate": 0}
+    assert outer.report.duration_s > inner.report.duration_s
+
+
+def test_estimated_meter_is_labelled(fake: FakeMeter) -> None:
+    est = FakeMeter(10.0, measured=False)
+    with nrg_adapt(PowerCap(45, meter=est)) as loop:
+        loop.step()
+    r = loop.report
+    assert not r.measured and "estimated" in str(r) and "measured" not in str(r)
