@@ -28,7 +28,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from nrgloops._errors import NrgError
-from nrgloops._ffi import lib
+from nrgloops._ffi import ffi, lib
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
 from nrgloops.report import PULL_EVERY_S, Recorder, Report, Value
@@ -92,7 +92,12 @@ class _Loop:
         self._report: Report | None = None
         self._rec: Recorder | None = None
         self._t0 = self._t_end = 0.0
-        self._energy_end = 0.0
+        self._first = self._last = (0.0, 0.0)  # (time, joules) of sampler rows
+        self._col = len(self._meter.domains)  # the ring's column: the total...
+        if self._domain is not None:  # ...or one domain
+            self._col = self._meter.domain_index(self._domain)
+        self._row_t = ffi.new("double *")
+        self._row_j = ffi.new("double[]", lib.NRG_MAX_DOMAINS + 1)
         self._tick_s = TICK_S
         if knob is not None:
             dwell = knob.dwell if knob.dwell is not None else self._window
@@ -123,6 +128,7 @@ class _Loop:
             raise
         self._finalizer = weakref.finalize(self, sampler.stop)
         self._sampler = sampler
+        self._first = self._last = self._row(sampler)
         self._t0 = self._tick_t = _now()
         cap = self._limit if self._limit != math.inf else None
         self._rec = Recorder(sampler, self._window, self._domain, cap, self._t0)
@@ -135,7 +141,7 @@ class _Loop:
                 return
             try:
                 self._t_end = _now()
-                self._energy_end = sampler.energy(self._domain)
+                self._last = self._row(sampler)
                 assert self._rec is not None
                 self._rec.pull(self._t_end)
                 self._report = self._build(running=False)
@@ -196,6 +202,11 @@ class _Loop:
         return "adapt" if power <= self._limit else "alternate"
 
     # -- report ----------------------------------------------------------
+    def _row(self, sampler: Sampler) -> tuple[float, float]:
+        """(time, cumulative joules) of the sampler's latest row."""
+        lib.nrg_sampler_latest(sampler._ptr(), self._row_t, self._row_j)
+        return (self._row_t[0], self._row_j[self._col])
+
     def _iterations(self) -> dict[str, int | None]:
         n, m = self._n, self._m
         return {"adapt": n - m, "alternate": m}
@@ -204,8 +215,13 @@ class _Loop:
         rec = self._rec
         assert rec is not None
         duration = max(self._t_end - self._t0, 0.0)
-        energy = self._energy_end
-        peak = rec.peak if rec.peak > -math.inf else (energy / duration if duration else 0.0)
+        # Energy between the sampler's first and last rows of the loop, and
+        # the average power over exactly that span (not over the wall-clock
+        # duration, which the rows miss by up to a sampler period at each end).
+        energy = self._last[1] - self._first[1]
+        span = self._last[0] - self._first[0]
+        avg = energy / span if span > 0 else float(self._pub[self._slot])
+        peak = rec.peak if rec.peak > -math.inf else avg
         knob = self.knob
         knob_state = None
         if knob is not None:
@@ -225,7 +241,7 @@ class _Loop:
             iterations=self._iterations(),
             duration_s=duration,
             energy_j=energy,
-            avg_power_w=energy / duration if duration > 0 else 0.0,
+            avg_power_w=avg,
             peak_power_w=peak,
             over_cap_fraction=rec.over_fraction(),
             measured=self._meter.measured,
@@ -249,7 +265,7 @@ class _Loop:
                     raise NrgError("this loop has not started yet: no report")
                 return self._report
             self._t_end = _now()
-            self._energy_end = sampler.energy(self._domain)
+            self._last = self._row(sampler)
             assert self._rec is not None
             self._rec.pull(self._t_end)
             return self._build(running=True)
