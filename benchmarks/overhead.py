@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nrgloops
 from nrgloops import EnergyBudget, Knob, PowerCap, nrg_adapt, perforate, truncate
+from nrgloops.loops import AdaptedFunction
 
 TARGET_NS = 300.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,7 +35,11 @@ def body(x: int) -> int:
     return x
 
 
-def make_cases(meter: str) -> dict[str, Callable[[range], None]]:
+Case = Callable[[range], None]
+
+
+def make_cases(meter: str) -> tuple[dict[str, Case], list[AdaptedFunction[int]]]:
+    """The loops to time, and the adapted functions whose loops to open first."""
     high = PowerCap(1e9, meter=meter)  # never over: the full variant runs
     low = PowerCap(1e-9, meter=meter)  # always over: the alternate runs
 
@@ -87,7 +92,7 @@ def make_cases(meter: str) -> dict[str, Callable[[range], None]]:
         for i in perforate(r, high, rate=0.5):
             body(i)
 
-    cases = {
+    cases: dict[str, Case] = {
         "bare call": bare,
         "nrg_adapt decorator": decorator,
         "nrg_adapt decorator, over cap": decorator_over,
@@ -97,10 +102,7 @@ def make_cases(meter: str) -> dict[str, Callable[[range], None]]:
         "truncate": truncated,
         "perforate": perforated,
     }
-    cases["_closers"] = lambda r: None  # placeholder so the dict type holds
-    del cases["_closers"]
-    make_cases.adapted = (adapted, adapted_over, knobbed)  # type: ignore[attr-defined]
-    return cases
+    return cases, [adapted, adapted_over, knobbed]
 
 
 def machine() -> str:
@@ -113,7 +115,8 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{socket.gethostname()} ({cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()})"
+    py = platform.python_version()
+    return f"{socket.gethostname()} ({cpu}, {os.cpu_count()} CPUs, Python {py})"
 
 
 def main() -> int:
@@ -123,8 +126,7 @@ def main() -> int:
     ap.add_argument("--meter", default="auto", help="meter kind (the cost does not depend on it)")
     ap.add_argument("--no-plot", action="store_true")
     a = ap.parse_args()
-    cases = make_cases(a.meter)
-    adapted = make_cases.adapted  # type: ignore[attr-defined]
+    cases, adapted = make_cases(a.meter)
     r = range(a.n)
     samples: dict[str, list[float]] = {k: [] for k in cases}
     try:

@@ -174,7 +174,10 @@ class Knob:
             cut = min(int(math.floor(i * self.factor)), i - 1)
             target = cut if over else i + 1 if under else i
         else:
+            # the PI sizes the move; the band decides its direction, so that
+            # a small error over the cap still moves the knob after a dwell
             target = self._pi(power, cap, max(dt, 0.0), over, under)
+            target = min(target, i - 1) if over else max(target, i + 1) if under else i
         if over:
             target = max(0, min(target, i))  # never up while over the cap
             if self.backoff:

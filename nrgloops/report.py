@@ -159,10 +159,10 @@ class Report:
         if self.cap_w is not None:
             frac = self.over_cap_fraction
             share = "n/a" if frac is None else f"{100 * frac:.1f}% of the time"
-            lines.append(f"  cap {self.cap_w:g} W: over it {share}")
+            lines.append(f"  cap {self.cap_w:.4g} W: over it {share}")
         if self.budget_j is not None:
             lines.append(
-                f"  budget {self.budget_j:g} J: used {100 * self.energy_j / self.budget_j:.1f}%"
+                f"  budget {self.budget_j:.4g} J: used {100 * self.energy_j / self.budget_j:.1f}%"
             )
         if self.knob is not None:
             k = self.knob
