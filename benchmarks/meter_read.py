@@ -48,8 +48,10 @@ from tests.fakes import msr_tree as mt  # noqa: E402
 from tests.fakes import powercap_tree as pt  # noqa: E402
 
 
-def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 7) -> float:
+def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 25) -> float:
     """Best of ``repeats`` (as timeit) of the mean time of one call in a loop of n, ns."""
+    for _ in range(n):  # warm up (caches, branch predictors, CPU frequency)
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
@@ -59,10 +61,11 @@ def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 7) -> float:
     return min(times)
 
 
-def per_stmt_ns(stmt: str, env: dict[str, Any], n: int, repeats: int = 7) -> float:
+def per_stmt_ns(stmt: str, env: dict[str, Any], n: int, repeats: int = 25) -> float:
     """Like timeit: the statement inlined in a tight loop, ns per statement."""
     import timeit
 
+    timeit.repeat(stmt, globals=env, number=n, repeat=2)  # warm up
     return min(timeit.repeat(stmt, globals=env, number=n, repeat=repeats)) / n * 1e9
 
 
@@ -127,7 +130,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
-    n = 20_000 if args.quick else 200_000
+    # loops of n calls, best of 25: short loops make the best one likely to
+    # fall between the scheduler's interruptions on a busy machine
+    n = 4_000 if args.quick else 40_000
     cpu_s = 1.0 if args.quick else 5.0
 
     base = Path(tempfile.mkdtemp(prefix="nrgloops-bench-", dir="/dev/shm"))
@@ -211,7 +216,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
           f"Python {m['python']}; fake trees in {m['tmpfs']}; 2 counters per reading; "
           f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}")
-    print("times: best of 7 runs of the loop (as timeit), ns per call")
+    print("times: best of 25 runs of a loop of calls (as timeit), ns per call")
     print(f"\n{'one reading (package-0 + dram-0)':58s} {'ns':>9s}")
     for name, ns in rows.items():
         print(f"{name:58s} {ns:9.0f}")

@@ -8,8 +8,9 @@ does not), and pushes cumulative joules into a C push source; the C sampler
 and the loops read that source, so pyRAPL is never on a hot path.
 
 Prefer the powercap meter where you can: it reads the same counters from C
-at a tenth of the cost and without a Python thread.  The thread stops when
-the meter is closed or garbage collected.
+several times more cheaply and without a Python thread.  The thread stops
+when the meter is closed or garbage collected; a forked child has no such
+thread, so open a new meter there.
 """
 
 from __future__ import annotations
