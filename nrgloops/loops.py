@@ -163,8 +163,11 @@ class _Loop:
                 return  # another thread just ticked
             if self._sampler is None:
                 self._first_call()
-                self._next_tick = i + 1
-                self._tick_i = i
+                # this call is the new loop's first iteration (calls that
+                # raised before it started do not count)
+                self._n, self._m = 1, 0
+                self._next_tick = 2
+                self._tick_i = 1
                 return
             now = _now()
             self._retune(i, now)

@@ -458,3 +458,15 @@ def test_estimated_meter_is_labelled(fake: FakeMeter) -> None:
         loop.step()
     r = loop.report
     assert not r.measured and "estimated" in str(r) and "measured" not in str(r)
+
+
+def test_calls_refused_before_the_start_do_not_count(fake: FakeMeter) -> None:
+    f = nrg_adapt(PowerCap(1e6, meter=fake))(lambda: 1)
+    for _ in range(3):
+        with pytest.raises(NrgError):
+            f()
+    f.alternate(lambda: 0)
+    f()
+    f()
+    assert f.report.iterations == {"adapt": 2, "alternate": 0}
+    f.close()
