@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib, raise_errno
@@ -13,8 +13,7 @@ from nrgloops._ffi import ffi, lib, raise_errno
 __all__ = ["Meter", "Reading", "default_total"]
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """One reading: ``time`` in seconds (monotonic clock), ``joules`` cumulative per domain."""
 
     time: float
@@ -77,6 +76,7 @@ class Meter:
         self.description = description
         self._buf = ffi.new("double[]", len(self.domains))
         self._t = ffi.new("double *")
+        self._read_lock = threading.Lock()  # the buffers above are shared
 
     @property
     def label(self) -> str:
@@ -106,10 +106,11 @@ class Meter:
         Without a running sampler, two reads further apart than ``max_period``
         may miss a counter wrap; the sampler reads often enough.
         """
-        rc = lib.nrg_source_read(self._source, self._t, self._buf)
-        if rc < 0:
-            raise_errno(rc, f"reading the {self.kind} meter")
-        return Reading(self._t[0], dict(zip(self.domains, self._buf, strict=True)))
+        with self._read_lock:
+            rc = lib.nrg_source_read(self._source, self._t, self._buf)
+            if rc < 0:
+                raise_errno(rc, f"reading the {self.kind} meter")
+            return Reading(self._t[0], dict(zip(self.domains, self._buf, strict=True)))
 
     @property
     def errors(self) -> int:
