@@ -191,7 +191,8 @@ class _Loop:
     def _on_tick(self, now: float) -> None:
         power = self._pub[self._slot]
         knob = self.knob
-        if knob is not None:
+        if knob is not None and now - self._t0 >= 0.5 * self._window:
+            # (a fresh sampler's first windows average a few samples only)
             knob.update(power, self._limit, now, self._window)
         rec = self._rec
         assert rec is not None

@@ -202,6 +202,7 @@ class Recorder:
         self.last_mark = -math.inf
         n = sampler.history / sampler.period
         self._max_series = int(n) + 128
+        self._gap = max(10 * sampler.period, 0.05)  # a late sampler thread is not a gap
 
     def pull(self, now: float) -> None:
         """Take the windowed power at every sample since the last pull."""
@@ -211,9 +212,12 @@ class Recorder:
         )
         prev = self.after
         cap = self.cap
+        gap = self._gap
         for t, w in zip(times, watts, strict=True):
             dt = t - prev
             prev = t
+            if dt > gap:  # rows overwritten before this pull: count no more than one period
+                dt = self.sampler.period
             self.covered_s += dt
             if w > cap:
                 self.over_s += dt
