@@ -25,6 +25,7 @@ import datetime
 import json
 import math
 import mmap
+import os
 import struct
 import sys
 import threading
@@ -71,6 +72,8 @@ COLUMNS = (
     "meter",
 )
 MODES = ("uncapped", "nrgloops", "governor")
+BUSY_WARN_CPUS = 0.15  # other programs' load worth a warning, in CPUs
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Caps between the idle and the uncapped power, as fractions of that span.
 QUICK_FRACTIONS = (0.55, 0.7, 0.85)
@@ -226,6 +229,7 @@ class _Measure:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nrg-bench-measure", daemon=True)
         self.t0 = self.t1 = self.e0 = self.e1 = 0.0
+        self.c0 = self.c1 = (0.0, 0.0)
 
     def _pull(self) -> None:
         after = self.times[-1] if self.times else self.t0
@@ -239,6 +243,26 @@ class _Measure:
             if self._tick is not None:
                 self._tick(self.watts[-1] if self.watts else math.nan)
 
+    def _cpu(self) -> tuple[float, float]:
+        """(busy CPU seconds of the machine, CPU seconds of this process and
+        its waited-for children): their difference is other programs' work."""
+        busy = math.nan
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            busy = (sum(v) - v[3] - v[4]) / _CLK_TCK  # all but idle and iowait
+        except (OSError, ValueError, IndexError):
+            pass
+        t = os.times()
+        return busy, t.user + t.system + t.children_user + t.children_system
+
+    @property
+    def background_cpus(self) -> float:
+        """CPUs that other programs kept busy during the run, on average."""
+        if self.duration <= 0:
+            return math.nan
+        return max(0.0, ((self.c1[0] - self.c0[0]) - (self.c1[1] - self.c0[1])) / self.duration)
+
     def _read(self) -> tuple[float, float]:
         # The counter read now, not the sampler's last sample: exact at the
         # run's edges even for a run of a few sampler periods.
@@ -246,12 +270,14 @@ class _Measure:
         return r.time, sum(r.joules[d] for d in self.sampler.meter.total_domains)
 
     def __enter__(self) -> _Measure:
+        self.c0 = self._cpu()
         self.t0, self.e0 = self._read()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.t1, self.e1 = self._read()
+        self.c1 = self._cpu()
         self._stop.set()
         self._thread.join()
         self._pull()
@@ -321,6 +347,7 @@ class SubstringBench:
         self.cores = cpu_count()
         self.rows: list[Row] = []
         self.idle_w: float | None = None
+        self.idle_background = math.nan
         self.caps: list[float] = list(config.caps) if config.caps else []
         self.corpus_info: dict[str, Any] = {}
         self.started = datetime.datetime.now(datetime.timezone.utc)
@@ -334,6 +361,7 @@ class SubstringBench:
     def _row(self, mode: str, cap: float | None, m: _Measure, details: dict[str, Any]) -> Row:
         base = self._base
         e, t = m.energy, m.duration
+        details["background_cpus"] = m.background_cpus
         row = Row(
             mode=mode,
             cap_w=cap,
@@ -355,6 +383,11 @@ class SubstringBench:
             f", peak {row.peak_power_w:.2f} W{over}, energy x{row.energy_rel:.2f} "
             f"({self._label()})"
         )
+        if m.background_cpus > BUSY_WARN_CPUS:
+            self.log(
+                f"  note: other programs kept {m.background_cpus:.2f} CPUs busy during this run; "
+                "a meter of the whole machine counts their power too"
+            )
         return row
 
     def _measure(self, sampler: Sampler, mode: str, cap: float | None, total: int) -> _Measure:
@@ -446,7 +479,13 @@ class SubstringBench:
             with _Measure(sampler, self.window, None) as m:
                 time.sleep(cfg.idle)
             self.idle_w = m.energy / m.duration
+            self.idle_background = m.background_cpus
             self.log(f"  idle: {self.idle_w:.2f} W ({self._label()})")
+            if m.background_cpus > BUSY_WARN_CPUS:
+                self.log(
+                    f"  note: the machine is not idle: other programs keep "
+                    f"{m.background_cpus:.2f} CPUs busy; the figures will include their power"
+                )
             # 2. the corpus and the strings
             corpus = make_corpus(cfg.size_bytes, cfg.seed)
             n = cfg.strings or self._calibrate(corpus)
@@ -520,6 +559,7 @@ class SubstringBench:
             },
             "corpus": self.corpus_info,
             "idle_w": self.idle_w,
+            "idle_background_cpus": self.idle_background,
             "columns": list(COLUMNS),
             "rows": [{**r.values(), "details": r.details} for r in self.rows],
         }
@@ -535,7 +575,8 @@ class SubstringBench:
             w.writerow(COLUMNS)
             for r in self.rows:
                 w.writerow(["" if v is None else _csv_value(v) for v in r.values().values()])
-        paths[1].write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+        text = json.dumps(_finite(doc), indent=1, default=str, allow_nan=False)
+        paths[1].write_text(text + "\n", encoding="utf-8")
         plot(doc, paths[2])
         return paths
 
@@ -550,6 +591,17 @@ def _cap_text(cap: float | None) -> str:
 def _knob_text(cores: int, policy: str) -> str:
     k = thread_knob(cores, policy)
     return f"threads {k.lo:g}..{k.hi:g} step {k.step:g}, policy {policy}"
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _csv_value(v: Any) -> Any:
