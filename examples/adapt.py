@@ -48,7 +48,10 @@ def power_of(
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-    meter = nrgloops.open_meter()  # the best meter here; it says if it estimates
+    # The best meter here.  Where there is no energy counter it falls back to
+    # the model meter (an estimate); scope="process" has it count only this
+    # program's CPU time, so that other programs do not blur the example.
+    meter = nrgloops.open_meter(scope="process")
     full_w = power_of(lambda i: burn(PERIOD), meter)
     degraded_w = power_of(lambda i: burn(PERIOD / 4), meter)
     cap = nrgloops.PowerCap((full_w + degraded_w) / 2, meter=meter)

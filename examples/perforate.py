@@ -24,14 +24,21 @@ def brightness(seed: int) -> float:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
-    meter = nrgloops.open_meter()
+    # The best meter here.  Where there is no energy counter it falls back to
+    # the model meter (an estimate); scope="process" has it count only this
+    # program's CPU time, so that other programs do not blur the example.
+    meter = nrgloops.open_meter(scope="process")
     with nrgloops.Sampler(meter) as s:
         time.sleep(0.3)
         idle_w = s.energy() / 0.3
-    # a cap a third of the way from idle to one busy core: this loop goes over it
-    cap = nrgloops.PowerCap(idle_w + 8.0 / 3 if not meter.measured else idle_w * 1.2,
-                            meter=meter)
-    print(f"idle {idle_w:.1f} W ({meter.label}); cap {cap.watts:.1f} W")
+    with nrgloops.Sampler(meter) as s:
+        t = time.monotonic()
+        for k in range(200):
+            brightness(k)
+        busy_w = s.energy() / (time.monotonic() - t)
+    # a cap a third of the way from idle to busy: this loop goes over it
+    cap = nrgloops.PowerCap(idle_w + (busy_w - idle_w) / 3, meter=meter)
+    print(f"idle {idle_w:.1f} W, busy {busy_w:.1f} W ({meter.label}); cap {cap.watts:.1f} W")
     total = ran = 0.0
     n = 0
     loop = nrgloops.perforate(range(10**9), cap, rate=0.5)

@@ -475,3 +475,28 @@ def test_calls_refused_before_the_start_do_not_count(fake: FakeMeter) -> None:
     f()
     assert f.report.iterations == {"adapt": 2, "alternate": 0}
     f.close()
+
+
+def test_knob_and_alternate_together_on_one_domain(fake: FakeMeter) -> None:
+    fake.watts = 100.0
+    knob = Knob(0, 8, 1, dwell=0.0)
+    cap = PowerCap(50, window=0.01, meter=fake, domain="package-0")
+
+    @nrg_adapt(cap, knob=knob)
+    def f() -> str:
+        return "full"
+
+    @f.alternate
+    def g() -> str:
+        return "alt"
+
+    with f:
+        time.sleep(0.03)
+        got = {f() for _ in range(50)}
+        time.sleep(0.01)
+        for _ in range(50):
+            f()
+    assert got == {"alt"}
+    assert knob.value < 8  # over the cap: the knob went down too
+    r = f.report
+    assert r.iterations["alternate"] == 100 and r.knob is not None
