@@ -221,7 +221,6 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be a number > 0, got {v}")
         if args.strings is not None and args.strings < 1:
             raise ValueError(f"--strings must be >= 1, got {args.strings}")
-        out = _writable_dir(args.out)
         config = Config(
             caps=caps,
             governor=args.governor,
@@ -236,6 +235,7 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
         )
         live = _Live()
         bench = SubstringBench(config, log=live.log, live=live if live.tty else None)
+        out = _writable_dir(args.out)
     except (ValueError, TypeError, MeterUnavailable, GovernorUnavailable) as exc:
         _err(str(exc))
         return EXIT_USAGE

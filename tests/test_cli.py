@@ -187,13 +187,13 @@ def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) 
     env = dict(os.environ, NRGLOOPS_JOURNAL_DIR=str(_journal), PYTHONUNBUFFERED="1")
     p = subprocess.Popen(
         [sys.executable, "-m", "nrgloops", "bench", "substring", "--meter", "model",
-         "--governor", "cgroup", "--caps", "6", "--size-mb", "2", "--strings", "300",
+         "--governor", "cgroup", "--caps", "6", "--size-mb", "2", "--strings", "5000",
          "--idle-s", "0.2", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
     )
     seen: list[str] = []
     _wait_for(p, "governor at a cap", seen)
-    time.sleep(0.4)  # inside the governor's run: a cgroup exists now
+    time.sleep(0.3)  # inside the governor's run: a cgroup exists now
     held = _groups() - groups
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)

@@ -340,9 +340,9 @@ class SubstringBench:
         config.validate()
         self.config = config
         self.log, self.live = log, live
-        self.meter: Meter = open_meter(config.meter)
         self.governor: Governor | None
         self.governor, self.governor_why = open_governor(config.governor, powercap_root)
+        self.meter: Meter = open_meter(config.meter)
         self.window = config.window or default_window(self.meter)
         self.cores = cpu_count()
         self.rows: list[Row] = []
