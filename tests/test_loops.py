@@ -500,3 +500,13 @@ def test_knob_and_alternate_together_on_one_domain(fake: FakeMeter) -> None:
     assert knob.value < 8  # over the cap: the knob went down too
     r = f.report
     assert r.iterations["alternate"] == 100 and r.knob is not None
+
+
+def test_parameters_named_like_the_internals_still_work(fake: FakeMeter) -> None:
+    def body(P_nrg: int, S_nrg: int = 1, *, _nrg_self_nrg: int = 2, B_nrg: int = 3) -> int:
+        return P_nrg + S_nrg + _nrg_self_nrg + B_nrg
+
+    f = nrg_adapt(PowerCap(1e6, meter=fake))(body)
+    f.alternate(body)
+    with f:
+        assert f(1) == 7 and f(1, 2, _nrg_self_nrg=3, B_nrg=4) == 10
