@@ -1,0 +1,609 @@
+"""Benchmark: holding a GPU power cap at a fixed request rate.
+
+For the accelerator machine (an NVIDIA H100/H200, read through NVML).  At a
+fixed request rate it first measures, briefly, the power of each model
+variant alone (idle, full model, early exit, and the full model run back to
+back), picks 2-3 caps between the variants' levels, and runs:
+
+  uncapped    the full model for every batch;
+  nrg-loop    examples/gpu_inference_cap.py's service: a share of the batches
+              by the full model, the rest by the early exit, the share set by
+              a PI knob on the measured power (nrg_adapt / nrg_alternate);
+  bare-switch the paper's NRG_ADAPT / NRG_ALTERNATE as they are (the full
+              model while the windowed power is under the cap, else the early
+              exit), at the middle cap only;
+  duty-cycle  what an application does without nrgloops: the full model only,
+              run back to back for a fraction d of every 50 ms and idle for the
+              rest, d = (cap - idle) / (busy - idle) from the calibration; it
+              falls behind when d x its throughput is under the rate, and then
+              queues and drops requests (a batch waiting longer than the
+              deadline is dropped).
+
+Columns: mode, cap_w, avg_power_w (steady: after the first --settle seconds),
+over_100ms (share of 100 ms windows over the cap by more than 5%), on_time
+(share of the arrived requests served within the deadline), full_quality
+(share of the served batches by the full model), energy per request (J),
+dropped and queued requests.  It writes gpu_cap.csv, gpu_cap.json and
+gpu_cap.png under $OUT when set, else benchmarks/results/, and prints
+PASS/FAIL for what must hold:
+
+  the nrg-loop's average power within 5% of the cap; under 10% of its 100 ms
+  windows over the cap by more than 5%; every request on time; and the
+  duty-cycled full model at the same cap falling behind.
+
+Nothing changes the GPU's settings: NVML is only read.
+
+Here, without a GPU: ``--dry-run`` runs the same code on a SIMULATED GPU (a
+fake libnvidia-ml built from tests/fakes/fake_nvml.c, and batches that add
+the energy the H200 figures of HARDWARE.md give); its numbers say that the
+pipeline works, nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT))
+
+import gpu_inference_cap as svc  # noqa: E402
+
+from nrgloops import MeterUnavailable, PowerCap, open_meter  # noqa: E402
+from nrgloops.meters import Meter  # noqa: E402
+
+_now = time.monotonic
+
+COLUMNS = [
+    "mode",
+    "cap_w",
+    "avg_power_w",
+    "run_avg_power_w",
+    "over_100ms",
+    "over_100ms_instant",
+    "on_time",
+    "full_quality",
+    "energy_per_request_j",
+    "dropped",
+    "queued",
+    "late",
+    "p99_latency_ms",
+    "seconds",
+]
+
+
+# -- a simulated GPU for --dry-run ---------------------------------------------------
+
+
+class SimEngine:
+    """Stands in for ``svc.Engine`` on a machine without a GPU.
+
+    Each batch adds the energy the H200 figures give (above idle) to a fake
+    NVML's counter, and occupies a simulated device for its busy time; the
+    numbers are scaled so that a slower host loop sees the same power levels.
+    """
+
+    # HARDWARE.md, H200, batches of 1024 at 1.2 M requests/s: 8 layers 459 W,
+    # 2 layers 209 W, idle 118 W; back to back about 693 W.
+    IDLE_W, FULL_W, CHEAP_W, BUSY_W, RATE = 118.0, 459.0, 209.0, 693.0, 1.2e6
+
+    def __init__(self, fake: Any, batch: int, slow: float) -> None:
+        self.fake = fake
+        self.batch = batch
+        self.cuda = False
+        self.layers, self.cheap_layers = 8, 2
+        interval = batch / self.RATE * slow  # the host's batch interval
+        self.e_full = (self.FULL_W - self.IDLE_W) * interval
+        self.e_cheap = (self.CHEAP_W - self.IDLE_W) * interval
+        self.b_full = self.e_full / (self.BUSY_W - self.IDLE_W)
+        self.b_cheap = self.e_cheap / (self.BUSY_W - self.IDLE_W)
+        self.busy_until = 0.0
+        fake.fake_nvml_simulate(self.IDLE_W, 0.1)
+
+    def _run(self, joules: float, busy: float) -> None:
+        now = _now()
+        self.busy_until = max(now, self.busy_until) + busy
+        self.fake.fake_nvml_add_energy(joules)
+
+    def full(self) -> None:
+        self._run(self.e_full, self.b_full)
+
+    def cheap(self) -> None:
+        self._run(self.e_cheap, self.b_cheap)
+
+    def sync(self) -> None:
+        self.wait(self.busy_until)
+
+    def start_clock(self) -> None:
+        pass
+
+    def mark(self) -> float:
+        return self.busy_until
+
+    def wait(self, token: float) -> None:
+        d = token - _now()
+        if d > 0:
+            time.sleep(d)
+
+    def done_times(self, tokens: list[float]) -> list[float]:
+        return list(tokens)
+
+    def describe(self) -> str:
+        return (
+            "SIMULATED GPU (fake NVML; per-batch energy from the H200 figures: full 459 W, "
+            "early exit 209 W, idle 118 W at 1.2 M requests/s)"
+        )
+
+
+def _fake_nvml(tmp: Path) -> tuple[Any, str]:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        sys.exit("--dry-run needs gcc to build the fake libnvidia-ml")
+    so = tmp / "libfake-nvml.so"
+    subprocess.run(
+        [
+            gcc,
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-std=gnu11",
+            "-o",
+            str(so),
+            str(ROOT / "tests" / "fakes" / "fake_nvml.c"),
+            "-lpthread",
+        ],
+        check=True,
+    )
+    lib = ctypes.CDLL(str(so), mode=ctypes.RTLD_GLOBAL)
+    lib.fake_nvml_simulate.argtypes = [ctypes.c_double, ctypes.c_double]
+    lib.fake_nvml_add_energy.argtypes = [ctypes.c_double]
+    return lib, str(so)
+
+
+# -- the benchmark ---------------------------------------------------------------------
+
+
+def _row(res: svc.StreamResult, cap: float | None) -> dict[str, Any]:
+    req = res.batch
+    return {
+        "mode": res.mode,
+        "cap_w": cap,
+        "avg_power_w": res.steady.get("avg_power_w", res.avg_power_w),
+        "run_avg_power_w": res.avg_power_w,
+        "over_100ms": res.over_share(cap) if cap else math.nan,
+        "over_100ms_instant": (
+            sum(w > cap * 1.05 for w in res.windows_extra) / len(res.windows_extra)
+            if cap and res.windows_extra
+            else math.nan
+        ),
+        "on_time": res.on_time_share,
+        "full_quality": res.full_share,
+        "energy_per_request_j": res.energy_per_request_j,
+        "dropped": res.dropped * req,
+        "queued": res.backlog * req,
+        "late": res.late * req,
+        "p99_latency_ms": res.p99_latency_ms,
+        "seconds": res.duration_s,
+    }
+
+
+def _caps(cal: dict[str, float], given: str | None) -> list[float]:
+    if given:
+        return [float(c) for c in given.split(",") if c.strip()]
+    lo, hi = cal["cheap"], cal["full"]
+    if not hi > lo * 1.1:
+        raise SystemExit(
+            f"the variants' power levels are too close to hold a cap between them "
+            f"(full {hi:.1f} W, early exit {lo:.1f} W); try a higher --rate"
+        )
+    return [round(lo + f * (hi - lo)) for f in (0.3, 0.5, 0.7)]
+
+
+def checks(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
+    """What must hold on the device, per cap: (name, passed, figures)."""
+    out = []
+    for r in rows:
+        if r["mode"] != "nrg-loop":
+            continue
+        cap = r["cap_w"]
+        err = (r["avg_power_w"] - cap) / cap
+        out.append(
+            (
+                f"cap {cap:g} W: nrg-loop average power within 5% of the cap",
+                abs(err) <= 0.05,
+                f"{r['avg_power_w']:.1f} W ({100 * err:+.1f}%)",
+            )
+        )
+        out.append(
+            (
+                f"cap {cap:g} W: nrg-loop 100 ms windows over the cap by >5% under 10%",
+                r["over_100ms"] < 0.10,
+                f"{100 * r['over_100ms']:.1f}%",
+            )
+        )
+        out.append(
+            (
+                f"cap {cap:g} W: nrg-loop serves every request on time",
+                r["on_time"] >= 1.0,
+                f"{100 * r['on_time']:.2f}% on time, {r['dropped']} dropped, "
+                f"{r['queued']} queued, {r['late']} late",
+            )
+        )
+        duty = next((d for d in rows if d["mode"] == "duty-cycle" and d["cap_w"] == cap), None)
+        if duty is not None:
+            out.append(
+                (
+                    f"cap {cap:g} W: the duty-cycled full model falls behind",
+                    duty["on_time"] < 1.0,
+                    f"{100 * duty['on_time']:.2f}% on time, {duty['dropped']} dropped, "
+                    f"{duty['queued']} queued, {duty['late']} late",
+                )
+            )
+    return out
+
+
+def table(rows: list[dict[str, Any]], label: str) -> str:
+    head = (
+        f"{'mode':<11} {'cap W':>6} {'avg W':>7} {'>cap 100ms':>10} {'on time':>8} "
+        f"{'full q.':>8} {'mJ/req':>8} {'dropped':>9} {'queued':>9}"
+    )
+    lines = [f"(power and energy {label}; avg W after the settle time; mJ per request)", head]
+    for r in rows:
+        cap = "-" if r["cap_w"] is None else f"{r['cap_w']:.0f}"
+        over = "-" if r["cap_w"] is None else f"{100 * r['over_100ms']:.1f}%"
+        lines.append(
+            f"{r['mode']:<11} {cap:>6} {r['avg_power_w']:>7.1f} {over:>10} "
+            f"{100 * r['on_time']:>7.2f}% {100 * r['full_quality']:>7.1f}% "
+            f"{1e3 * r['energy_per_request_j']:>8.4f} {r['dropped']:>9d} {r['queued']:>9d}"
+        )
+    return "\n".join(lines)
+
+
+def plot(
+    path: Path,
+    results: list[svc.StreamResult],
+    rows: list[dict[str, Any]],
+    caps: list[float],
+    title: str,
+    label: str,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(12, 7.5), constrained_layout=True)
+    grid = fig.add_gridspec(2, 3)
+    mid = caps[len(caps) // 2]
+    ax = fig.add_subplot(grid[0, :])
+    colors = {
+        "uncapped": "tab:gray",
+        "nrg-loop": "tab:blue",
+        "duty-cycle": "tab:orange",
+        "bare-switch": "tab:red",
+    }
+    for res in results:
+        if res.mode == "uncapped" or res.cap_w == mid:
+            t = [p[0] for p in res.timeline]
+            w = [p[1] for p in res.timeline]
+            ax.plot(t, w, lw=1.0, color=colors.get(res.mode), label=res.mode)
+    ax.axhline(mid, color="k", ls="--", lw=1, label=f"cap {mid:g} W")
+    ax.axhline(mid * 1.05, color="k", ls=":", lw=0.8, label="cap + 5%")
+    ax.set_xlabel("time in the run (s)")
+    ax.set_ylabel(f"GPU power, 100 ms windows (W, {label})")
+    ax.set_title(f"power at the middle cap ({mid:g} W)")
+    ax.legend(loc="upper right", fontsize=8, ncol=4)
+    ax.grid(alpha=0.3)
+
+    modes = ["nrg-loop", "duty-cycle"]
+    width = 0.38
+    xs = range(len(caps))
+    for i, (key, name, scale) in enumerate(
+        [
+            ("on_time", "requests on time (%)", 100.0),
+            ("energy_per_request_j", f"energy per request (mJ, {label})", 1e3),
+            ("avg_power_w", f"average power (W, {label})", 1.0),
+        ]
+    ):
+        a = fig.add_subplot(grid[1, i])
+        for j, mode in enumerate(modes):
+            vals = [
+                next(
+                    (scale * r[key] for r in rows if r["mode"] == mode and r["cap_w"] == c),
+                    math.nan,
+                )
+                for c in caps
+            ]
+            a.bar([x + (j - 0.5) * width for x in xs], vals, width, label=mode, color=colors[mode])
+        unc = next((r for r in rows if r["mode"] == "uncapped"), None)
+        if unc is not None:
+            a.axhline(scale * unc[key], color=colors["uncapped"], ls="--", lw=1, label="uncapped")
+        if key == "avg_power_w":
+            for x, c in zip(xs, caps, strict=True):
+                a.plot([x - 0.45, x + 0.45], [c, c], color="k", lw=1)
+        a.set_xticks(list(xs), [f"{c:g} W" for c in caps])
+        a.set_xlabel("cap")
+        a.set_title(name, fontsize=10)
+        a.grid(axis="y", alpha=0.3)
+        if i == 0:
+            a.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="GPU power cap benchmark (see the module doc)")
+    p.add_argument("--rate", type=float, default=1.2e6, help="requests/s (default 1.2e6)")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument(
+        "--caps",
+        default=None,
+        help="comma-separated caps, W (default: 3 between the variants' measured levels)",
+    )
+    p.add_argument("--seconds", type=float, default=15.0, help="nrg-loop run length, s")
+    p.add_argument(
+        "--baseline-seconds", type=float, default=8.0, help="uncapped and duty-cycle run length, s"
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds left out of the steady figures at a run's start",
+    )
+    p.add_argument("--calibrate-seconds", type=float, default=2.0)
+    p.add_argument("--deadline-ms", type=float, default=100.0)
+    p.add_argument("--duty-period", type=float, default=0.05, help="duty-cycle period, s")
+    p.add_argument("--window", type=float, default=0.3, help="the cap's window, s")
+    p.add_argument("--nvml-mode", default="auto", choices=["auto", "energy", "power"])
+    p.add_argument("--gpu-index", type=int, default=0)
+    p.add_argument("--no-graphs", action="store_true")
+    p.add_argument(
+        "--out", default=None, help="output folder (default $OUT, else benchmarks/results)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU: a SIMULATED GPU on a fake NVML (checks the pipeline only)",
+    )
+    p.add_argument(
+        "--slow",
+        type=float,
+        default=4.0,
+        help="--dry-run: host batch interval = real interval x this",
+    )
+    args = p.parse_args(argv)
+    t_begin = _now()
+
+    out = Path(args.out or os.environ.get("OUT") or HERE / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_cap_dryrun" if args.dry_run else "gpu_cap"
+    tmp = Path(tempfile.mkdtemp(prefix="nrg-gpu-"))
+
+    rate = args.rate
+    extra_meter: Meter | None = None
+    if args.dry_run:
+        fake, so = _fake_nvml(tmp)
+        engine: Any = SimEngine(fake, args.batch, args.slow)
+        rate = args.rate / args.slow
+        meter = open_meter("nvml", library=so, mode="energy")
+        extra_meter = open_meter("nvml", library=so, mode="power")
+        device = "SIMULATED GPU (dry run)"
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                "no CUDA GPU here: this benchmark needs one (or --dry-run to check the "
+                "pipeline on a simulated GPU)",
+                file=sys.stderr,
+            )
+            return 2
+        ns = argparse.Namespace(
+            device="cuda",
+            width=4096,
+            layers=8,
+            cheap_layers=2,
+            batch=args.batch,
+            no_graphs=args.no_graphs,
+            cpu_width=0,
+            cpu_batch=0,
+        )
+        engine = svc.make_engine(ns)
+        try:
+            meter = open_meter("nvml", index=args.gpu_index, mode=args.nvml_mode)
+        except MeterUnavailable as exc:
+            print(f"cannot read the GPU's power: {exc}", file=sys.stderr)
+            return 2
+        try:  # the instant power field, independent of the energy counter
+            extra_meter = open_meter("nvml", index=args.gpu_index, mode="power")
+        except MeterUnavailable as exc:
+            print(f"[bench] 100 ms windows from the loop's own meter ({exc})")
+        device = torch.cuda.get_device_name(0)
+    label = "SIMULATED" if args.dry_run else meter.label
+    print(f"device: {device}")
+    print(f"model:  {engine.describe()}")
+    print(f"meter:  {meter.description}")
+    if extra_meter is not None:
+        print(f"also:   {extra_meter.description} (its 100 ms windows: over_100ms_instant)")
+    print(
+        f"load:   {args.rate:.4g} requests/s in batches of {args.batch}, "
+        f"deadline {args.deadline_ms:g} ms"
+        + (f" (host runs {args.slow:g}x slower)" if args.dry_run else "")
+    )
+    deadline = args.deadline_ms / 1e3
+
+    # 1. calibration: each variant alone at the rate, idle, and back to back
+    cal = svc.calibrate(engine, meter, rate, seconds=args.calibrate_seconds)
+    busy = svc.run_stream(
+        engine,
+        svc.only(engine, "full"),
+        mode="busy",
+        rate=rate * 100,
+        seconds=args.calibrate_seconds,
+        deadline_s=1e9,
+        meter=meter,
+    )
+    cal["busy"] = busy.stepped_avg_w if math.isfinite(busy.stepped_avg_w) else busy.avg_power_w
+    cal["busy_batch_s"] = busy.duration_s / max(busy.served, 1)  # device time per batch
+    cal["busy_rate"] = busy.served * args.batch / busy.duration_s  # requests/s, real scale
+    if args.dry_run:
+        cal["busy_rate"] *= args.slow
+    print(
+        f"calibration ({label}): idle {cal['idle']:.1f} W, full {cal['full']:.1f} W, "
+        f"early exit {cal['cheap']:.1f} W at the rate; full back to back {cal['busy']:.1f} W "
+        f"at {cal['busy_rate']:.4g} requests/s"
+    )
+    caps = _caps(cal, args.caps)
+    print(f"caps:   {', '.join(f'{c:g} W' for c in caps)}")
+
+    results: list[svc.StreamResult] = []
+    rows: list[dict[str, Any]] = []
+
+    def record(res: svc.StreamResult, cap: float | None) -> None:
+        results.append(res)
+        rows.append(_row(res, cap))
+        r = rows[-1]
+        print(
+            f"  {res.mode:<10} cap {cap or 0:>5.0f} W: {r['avg_power_w']:.1f} W, "
+            f"{100 * r['on_time']:.2f}% on time, {100 * r['full_quality']:.1f}% full, "
+            f"{1e3 * r['energy_per_request_j']:.4f} mJ/request  ({_now() - t_begin:.0f} s)"
+        )
+
+    # 2. uncapped
+    record(
+        svc.run_stream(
+            engine,
+            svc.only(engine, "full"),
+            mode="uncapped",
+            rate=rate,
+            seconds=args.baseline_seconds,
+            deadline_s=deadline,
+            meter=meter,
+            extra_meter=extra_meter,
+            settle_s=min(args.settle, args.baseline_seconds / 2),
+        ),
+        None,
+    )
+
+    # 3. per cap: the nrg-loop and the duty-cycled full model
+    for cap_w in caps:
+        cap = PowerCap(cap_w, window=max(args.window, 3 * meter.resolution_s), meter=meter)
+        record(
+            svc.serve_under_cap(
+                engine,
+                cap,
+                rate=rate,
+                seconds=args.seconds,
+                deadline_s=deadline,
+                extra_meter=extra_meter,
+                settle_s=args.settle,
+            ),
+            cap_w,
+        )
+        span = cal["busy"] - cal["idle"]
+        on = min(1.0, max(0.02, (cap_w - cal["idle"]) / span)) if span > 0 else 1.0
+        record(
+            svc.run_stream(
+                engine,
+                svc.only(engine, "full"),
+                mode="duty-cycle",
+                rate=rate,
+                seconds=args.baseline_seconds,
+                deadline_s=deadline,
+                meter=meter,
+                extra_meter=extra_meter,
+                cap_w=cap_w,
+                settle_s=min(args.settle, args.baseline_seconds / 2),
+                duty=(on, args.duty_period, cal["busy_batch_s"]),
+            ),
+            cap_w,
+        )
+        results[-1].steady["duty_on_fraction"] = on
+
+    # 4. the paper's bare switch (full while under the cap, else the early
+    # exit), at the middle cap only: why the example mixes instead
+    mid = caps[len(caps) // 2]
+    cap = PowerCap(mid, window=max(args.window, 3 * meter.resolution_s), meter=meter)
+    record(
+        svc.serve_bare(
+            engine,
+            cap,
+            rate=rate,
+            seconds=args.baseline_seconds,
+            deadline_s=deadline,
+            extra_meter=extra_meter,
+            settle_s=min(args.settle, args.baseline_seconds / 2),
+        ),
+        mid,
+    )
+
+    # 5. files
+    meta = {
+        "device": device,
+        "dry_run": args.dry_run,
+        "meter": meter.description,
+        "extra_meter": extra_meter.description if extra_meter else meter.description,
+        "measured": meter.measured,
+        "model": engine.describe(),
+        "rate_requests_per_s": args.rate,
+        "batch": args.batch,
+        "deadline_ms": args.deadline_ms,
+        "settle_s": args.settle,
+        "calibration": cal,
+        "caps_w": caps,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "elapsed_s": _now() - t_begin,
+    }
+    csv_path, json_path, png_path = (out / f"{stem}.{ext}" for ext in ("csv", "json", "png"))
+    with open(csv_path, "w") as f:
+        f.write("# " + json.dumps({k: meta[k] for k in ("device", "dry_run", "measured")}) + "\n")
+        f.write(",".join(COLUMNS) + "\n")
+        for r in rows:
+            f.write(",".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + "\n")
+    found = checks(rows)
+    with open(json_path, "w") as f:
+        json.dump(
+            {
+                "meta": meta,
+                "rows": rows,
+                "checks": [{"check": n, "pass": ok, "figures": fig} for n, ok, fig in found],
+                "runs": [r.to_dict() for r in results],
+            },
+            f,
+            indent=1,
+            default=str,
+        )
+    title = (
+        f"NRG-loop holding a GPU power cap at {args.rate / 1e6:.2g} M requests/s - "
+        f"{device}, NVML ({label})"
+    )
+    plot(png_path, results, rows, caps, title, label)
+
+    print(f"\nwrote {csv_path}, {json_path}, {png_path}")
+    print(f"benchmark time: {_now() - t_begin:.0f} s\n")
+    for name, ok, figures in found:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {figures}")
+    if args.dry_run:
+        print("(dry run: SIMULATED GPU; these checks test the pipeline, not a GPU)")
+    print()
+    print(table(rows, label))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
