@@ -688,6 +688,21 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
     if doc.get("interrupted"):
         title += " (interrupted: partial)"
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    notes = []
+    if doc.get("idle_w") is not None and base:
+        notes.append(
+            f"idle {doc['idle_w']:.1f} W, uncapped {base[0]['avg_power_w']:.1f} W "
+            f"in {base[0]['time_s']:.1f} s; {meter['description'].split(' -- ')[0]}"
+        )
+    busy = [r["details"].get("background_cpus") or 0.0 for r in rows if "details" in r]
+    if busy and max(busy) > BUSY_WARN_CPUS:
+        notes.append(
+            f"other programs kept up to {max(busy):.2f} CPUs busy during the runs: "
+            "their power is in these figures"
+        )
+    if notes:
+        fig.text(0.5, 0.01, "\n".join(notes), ha="center", va="bottom", fontsize=8,
+                 color="dimgray")
+    fig.tight_layout(rect=(0, 0.03 * len(notes), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
