@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -473,7 +474,18 @@ def main(argv: list[str] | None = None) -> int:
     results: list[svc.StreamResult] = []
     rows: list[dict[str, Any]] = []
 
-    def record(res: svc.StreamResult, cap: float | None) -> None:
+    errors: list[str] = []
+
+    def record(what: str, cap: float | None, run: Any) -> svc.StreamResult | None:
+        """One run; an exception is reported and the benchmark goes on (a device
+        run is one shot: the other runs' numbers are still worth having)."""
+        try:
+            res: svc.StreamResult = run()
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            errors.append(f"{what} at cap {cap}: {type(exc).__name__}: {exc}")
+            print(f"  ERROR {what} cap {cap}: {exc}")
+            return None
         results.append(res)
         rows.append(_row(res, cap))
         r = rows[-1]
@@ -482,10 +494,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * r['on_time']:.2f}% on time, {100 * r['full_quality']:.1f}% full, "
             f"{1e3 * r['energy_per_request_j']:.4f} mJ/request  ({_now() - t_begin:.0f} s)"
         )
+        return res
+
+    short_settle = min(args.settle, args.baseline_seconds / 2)
+    window = max(args.window, 3 * meter.resolution_s)
 
     # 2. uncapped
     record(
-        svc.run_stream(
+        "uncapped",
+        None,
+        lambda: svc.run_stream(
             engine,
             svc.only(engine, "full"),
             mode="uncapped",
@@ -494,16 +512,18 @@ def main(argv: list[str] | None = None) -> int:
             deadline_s=deadline,
             meter=meter,
             extra_meter=extra_meter,
-            settle_s=min(args.settle, args.baseline_seconds / 2),
+            settle_s=short_settle,
         ),
-        None,
     )
 
     # 3. per cap: the nrg-loop and the duty-cycled full model
+    span = cal["busy"] - cal["idle"]
     for cap_w in caps:
-        cap = PowerCap(cap_w, window=max(args.window, 3 * meter.resolution_s), meter=meter)
+        cap = PowerCap(cap_w, window=window, meter=meter)
         record(
-            svc.serve_under_cap(
+            "nrg-loop",
+            cap_w,
+            lambda cap=cap: svc.serve_under_cap(
                 engine,
                 cap,
                 rate=rate,
@@ -512,12 +532,12 @@ def main(argv: list[str] | None = None) -> int:
                 extra_meter=extra_meter,
                 settle_s=args.settle,
             ),
-            cap_w,
         )
-        span = cal["busy"] - cal["idle"]
         on = min(1.0, max(0.02, (cap_w - cal["idle"]) / span)) if span > 0 else 1.0
-        record(
-            svc.run_stream(
+        res = record(
+            "duty-cycle",
+            cap_w,
+            lambda cap_w=cap_w, on=on: svc.run_stream(
                 engine,
                 svc.only(engine, "full"),
                 mode="duty-cycle",
@@ -527,28 +547,28 @@ def main(argv: list[str] | None = None) -> int:
                 meter=meter,
                 extra_meter=extra_meter,
                 cap_w=cap_w,
-                settle_s=min(args.settle, args.baseline_seconds / 2),
+                settle_s=short_settle,
                 duty=(on, args.duty_period, cal["busy_batch_s"]),
             ),
-            cap_w,
         )
-        results[-1].steady["duty_on_fraction"] = on
+        if res is not None:
+            res.steady["duty_on_fraction"] = on
 
     # 4. the paper's bare switch (full while under the cap, else the early
     # exit), at the middle cap only: why the example mixes instead
     mid = caps[len(caps) // 2]
-    cap = PowerCap(mid, window=max(args.window, 3 * meter.resolution_s), meter=meter)
     record(
-        svc.serve_bare(
+        "bare-switch",
+        mid,
+        lambda: svc.serve_bare(
             engine,
-            cap,
+            PowerCap(mid, window=window, meter=meter),
             rate=rate,
             seconds=args.baseline_seconds,
             deadline_s=deadline,
             extra_meter=extra_meter,
-            settle_s=min(args.settle, args.baseline_seconds / 2),
+            settle_s=short_settle,
         ),
-        mid,
     )
 
     # 5. files
@@ -568,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "python": platform.python_version(),
         "elapsed_s": _now() - t_begin,
+        "errors": errors,
     }
     csv_path, json_path, png_path = (out / f"{stem}.{ext}" for ext in ("csv", "json", "png"))
     with open(csv_path, "w") as f:
@@ -592,17 +613,23 @@ def main(argv: list[str] | None = None) -> int:
         f"NRG-loop holding a GPU power cap at {args.rate / 1e6:.2g} M requests/s - "
         f"{device}, NVML ({label})"
     )
-    plot(png_path, results, rows, caps, title, label)
+    try:
+        plot(png_path, results, rows, caps, title, label)
+    except Exception as exc:  # noqa: BLE001 - the numbers are written already
+        traceback.print_exc()
+        errors.append(f"plot: {type(exc).__name__}: {exc}")
 
     print(f"\nwrote {csv_path}, {json_path}, {png_path}")
     print(f"benchmark time: {_now() - t_begin:.0f} s\n")
     for name, ok, figures in found:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {figures}")
+    for e in errors:
+        print(f"ERROR {e}")
     if args.dry_run:
         print("(dry run: SIMULATED GPU; these checks test the pipeline, not a GPU)")
     print()
     print(table(rows, label))
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

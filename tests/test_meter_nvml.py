@@ -251,7 +251,10 @@ def test_auto_falls_back_to_power_when_energy_is_not_supported(fake: Fake) -> No
     m = _open(fake)
     assert m.mode == "power"
     assert "refused" in m.description and '"Not Supported"' in m.description
-    with pytest.raises(MeterUnavailable, match="neither the energy counter.*NOT_SUPPORTED"):
+    with pytest.raises(MeterUnavailable, match="refused its energy counter.*NOT_SUPPORTED"):
+        _open(fake, mode="energy")
+    fake.status(ENERGY, NOT_READY)
+    with pytest.raises(MeterUnavailable, match="System is not in ready state.*mode='auto'"):
         _open(fake, mode="energy")
 
 

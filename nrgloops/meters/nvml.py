@@ -115,7 +115,9 @@ def _fallback_library(path: str) -> str | None:
     return None
 
 
-def _unavailable(code: int, library: str, index: int | None, count: int | None) -> NrgError:
+def _unavailable(
+    code: int, library: str, index: int | None, count: int | None, mode: str = "auto"
+) -> NrgError:
     """The exception for a failed probe or open, naming the cause and the fix."""
     err = -code
     status = lib.nrg_nvml_open_status()
@@ -136,6 +138,14 @@ def _unavailable(code: int, library: str, index: int | None, count: int | None) 
             f"GPU index {index} out of range: {n} GPU{s} "
             f"(choose index 0..{max((count or 0) - 1, 0)}; CUDA_VISIBLE_DEVICES does not "
             "renumber NVML's indices)"
+        )
+    if err in (errno.EOPNOTSUPP, errno.EAGAIN) and mode != "auto":
+        what, other = (
+            ("energy counter", "power") if mode == "energy" else ("instant power field", "energy")
+        )
+        return MeterUnavailable(
+            f"GPU {index} refused its {what} through NVML: {why}; "
+            f"mode='auto' or mode='{other}' reads the {other} instead"
         )
     if err == errno.EOPNOTSUPP:
         return MeterUnavailable(
@@ -264,7 +274,7 @@ def open_nvml(
     if rc < 0:
         # Only now count the GPUs, for the message (the status is not needed then).
         count = gpu_count(path)[0] if rc == -errno.ENXIO else None
-        raise _unavailable(rc, path, index, count)
+        raise _unavailable(rc, path, index, count, mode)
     energy_refused = lib.nrg_nvml_open_status() if mode == "auto" else 0
     source = ffi.gc(out[0], lib.nrg_source_free)
     # NVML is up while the source holds it: this probe costs no second init.
