@@ -72,6 +72,9 @@ enum {
     NRG_NVML_AUTO = 0,    /* energy counter if supported, else power */
     NRG_NVML_ENERGY = 1,  /* nvmlDeviceGetTotalEnergyConsumption (mJ) */
     NRG_NVML_POWER = 2,   /* NVML_FI_DEV_POWER_INSTANT (mW), integrated */
+    /* nrg_nvml_open_status() after AUTO chose power because the energy
+     * counter did not move within 0.25 s (not an nvmlReturn_t) */
+    NRG_NVML_COUNTER_STILL = 1000,
 };
 int nrg_nvml_new(nrg_source **out, const char *library, unsigned int index,
                  int mode);

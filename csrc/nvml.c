@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "source_internal.h"
 
@@ -331,13 +332,14 @@ static int get_power(struct nvml_src *n, double *watts, double *t)
     return NVML_SUCCESS;
 }
 
-static void start_energy(struct nvml_src *n, unsigned long long mj, double t)
+static void start_energy(struct nvml_src *n, unsigned long long mj, double t,
+                         double stamp)
 {
     n->base_j = n->joules;
     n->acc_mj = 0;
     n->prev_mj = mj;
     n->prev_read_t = t;
-    n->stamp = t;
+    n->stamp = stamp;
     atomic_store(&n->mode, NRG_NVML_ENERGY);
 }
 
@@ -422,23 +424,58 @@ static void nvml_free(struct nrg_source *s)
     free(n);
 }
 
+/* Wait (up to STILL_WAIT_S) for the energy counter to move.  It tells a
+ * counter that never moves (seen with other counters on virtual machines:
+ * HARDWARE.md) from one that works, and it stamps the first reading with the
+ * time of a step instead of a read.  Returns 1 if it moved. */
+enum { STILL_POLL_NS = 5000000 };
+static const double STILL_WAIT_S = 0.25;
+
+static int wait_for_a_step(struct nvml_src *n, unsigned long long mj, double t)
+{
+    double prev_t = t, deadline = t + STILL_WAIT_S;
+    for (;;) {
+        struct timespec pause = {0, STILL_POLL_NS};
+        nanosleep(&pause, NULL);
+        unsigned long long now_mj;
+        double now_t;
+        if (get_energy(n, &now_mj, &now_t) != NVML_SUCCESS)
+            return 0;
+        if (now_mj != mj) {
+            start_energy(n, now_mj, now_t, 0.5 * (prev_t + now_t));
+            return 1;
+        }
+        if (now_t > deadline)
+            return 0;
+        prev_t = now_t;
+    }
+}
+
 /* First reading in the mode asked for; AUTO prefers the energy counter. */
 static int first_reading(struct nvml_src *n, int mode)
 {
     nvmlReturn_t r = NVML_ERROR_NOT_SUPPORTED;
-    double t;
+    double t, w;
     if (mode == NRG_NVML_AUTO || mode == NRG_NVML_ENERGY) {
         unsigned long long mj;
         r = get_energy(n, &mj, &t);
         if (r == NVML_SUCCESS) {
-            start_energy(n, mj, t);
+            if (wait_for_a_step(n, mj, t))
+                return 0;
+            /* still: AUTO takes the power field if it reads > 0 W */
+            if (mode == NRG_NVML_AUTO &&
+                get_power(n, &w, &t) == NVML_SUCCESS && w > 0) {
+                open_status = NRG_NVML_COUNTER_STILL;
+                start_power(n, w, t);
+                return 0;
+            }
+            start_energy(n, mj, t, t);
             return 0;
         }
         open_status = r;
         if (mode == NRG_NVML_ENERGY)
             return read_status_errno(r);
     }
-    double w;
     r = get_power(n, &w, &t);
     if (r == NVML_SUCCESS) {
         start_power(n, w, t);

@@ -258,6 +258,25 @@ def test_auto_falls_back_to_power_when_energy_is_not_supported(fake: Fake) -> No
         _open(fake, mode="energy")
 
 
+def test_auto_does_not_trust_a_counter_that_never_moves(fake: Fake) -> None:
+    fake.energy_mj(777)  # readable, never moves
+    fake.power_mw(90_000)
+    m = _open(fake)
+    assert m.mode == "power"
+    assert "did not move in 0.25 s" in m.description
+    assert _open(fake, mode="energy").mode == "energy"  # asked for: kept
+
+
+def test_first_window_after_open_is_right(fake: Fake) -> None:
+    fake.simulate(300.0, update_period=0.1)
+    time.sleep(0.05)
+    m = _open(fake, mode="energy")  # the first reading is stamped at a step
+    with Sampler(m, period=0.01) as s:
+        s.watch(0.3)
+        time.sleep(0.36)
+        assert s.power(window=0.3) == pytest.approx(300.0, rel=0.1)
+
+
 def test_neither_reading_supported_is_unavailable(fake: Fake) -> None:
     fake.status(ENERGY, NOT_SUPPORTED)
     fake.status(FIELD_ENTRY, NOT_SUPPORTED)  # the field's own status

@@ -13,9 +13,11 @@ imports without a driver:
   call, a new value about every 100 ms), integrated over the read times.
   (``nvmlDeviceGetPowerUsage`` is a 1 s average on Ampere and newer: too slow
   to steer a loop, so it is not used.)
-- ``mode="auto"`` (default): energy if the first energy read works, else
-  power; if the energy counter is refused 20 times in a row later on, the
-  meter moves to power and the total carries on.
+- ``mode="auto"`` (default): energy if the energy counter reads and moves
+  within 0.25 s (a counter that never moves is not trusted), else power; if
+  the energy counter is refused 20 times in a row later on, the meter moves
+  to power and the total carries on.  Opening waits for one counter step
+  (about 50 ms on average), which also stamps the first reading exactly.
 
 Either way the readings move about every 100 ms, so ``resolution_s`` is 0.1
 and a ``PowerCap`` on this meter widens windows shorter than three updates.
@@ -79,6 +81,8 @@ NVML_STATUS_NAMES = {
 
 def _status_text(status: int) -> str:
     """``NVML_ERROR_NOT_READY ("System is not in ready state")``."""
+    if status == lib.NRG_NVML_COUNTER_STILL:
+        return "the counter did not move in 0.25 s"
     name = NVML_STATUS_NAMES.get(status, f"nvmlReturn {status}")
     text = lib.nrg_nvml_error_string(status)
     return f'{name} ("{ffi.string(text).decode()}")' if text != ffi.NULL else name
