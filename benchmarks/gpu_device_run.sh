@@ -3,7 +3,9 @@
 #
 # 1. Here, once, from the repository root (needs PyPI and a C compiler):
 #
-#        bash benchmarks/gpu_device_run.sh prepare
+#        PYTHON=/tmp/venv/bin/python bash benchmarks/gpu_device_run.sh prepare
+#
+#    (PYTHON: a Python that has cffi and pycparser; default python3)
 #
 #    builds nrgloops/_native.abi3.so here and downloads the cffi and pycparser
 #    wheels for the device's Python 3.12 into .whl/ (ignored by git through
