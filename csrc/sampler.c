@@ -159,6 +159,19 @@ static void *run(void *arg)
     return NULL;
 }
 
+/* A source may refuse a read for a moment (NVML: "not ready"): try for
+ * about ten periods, at least 50 ms, before giving up. */
+static int first_sample(nrg_sampler *s)
+{
+    double give_up = nrg_now() + fmax(10 * s->period, 0.05);
+    int e;
+    while ((e = take_sample(s)) < 0 && nrg_now() < give_up) {
+        struct timespec pause = {0, (long)(fmin(s->period, 0.01) * 1e9)};
+        nanosleep(&pause, NULL);
+    }
+    return e;
+}
+
 static int spawn(nrg_sampler *s)
 {
     atomic_store(&s->stop, 0);
@@ -185,7 +198,7 @@ int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
     s->t = calloc(s->cap, sizeof *s->t);
     s->j = calloc(s->cap * (uint64_t)s->ncol, sizeof *s->j);
     pthread_mutex_init(&s->watch_lock, NULL);
-    int e = (!s->t || !s->j) ? -ENOMEM : take_sample(s);
+    int e = (!s->t || !s->j) ? -ENOMEM : first_sample(s);
     if (e == 0)
         e = spawn(s);
     if (e < 0) {

@@ -91,7 +91,7 @@ class PowerCap:
         least = 3.0 * self.meter.resolution_s
         if window is None:
             window = default_window(self.meter)
-        elif window < least:
+        elif window < least * (1 - 1e-9):  # 3 x 0.1 is 0.30000000000000004
             warnings.warn(
                 f"PowerCap window={window:g} s is shorter than 3 updates of the "
                 f"{self.meter.kind} meter's counter ({self.meter.resolution_s:g} s each): "
