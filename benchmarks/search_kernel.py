@@ -128,6 +128,9 @@ def main() -> int:
     a.grid(True, alpha=0.3)
     b.plot([x["threads"] for x in scaling], [x["gbs"] for x in scaling], marker="o",
            color="tab:green")
+    b.set_xticks([x["threads"] for x in scaling])
+    b.set_ylim(bottom=0)
+    a.set_ylim(bottom=0)
     b.set_xlabel("threads")
     b.set_ylabel("GB/s, all patterns")
     b.grid(True, alpha=0.3)

@@ -339,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--seed", type=int, default=0, help="corpus seed (0)")
     sb.add_argument("--size-mb", type=float, help="corpus size, MiB (16 quick, 64)")
     sb.add_argument("--strings", type=int, help="strings to look up (default: ~TARGET_S uncapped)")
-    sb.add_argument("--target-s", type=float, help="seconds of the uncapped run (5 quick, 15)")
+    sb.add_argument("--target-s", type=float, help="seconds of the uncapped run (4 quick, 15)")
     sb.add_argument("--idle-s", type=float, help="seconds of idle measurement (1 quick, 3)")
     sb.set_defaults(func=cmd_bench_substring)
 

@@ -132,7 +132,7 @@ class Config:
     seed: int = 0
     size_mb: float | None = None  # corpus size, MiB (default 16 quick, 64 full)
     strings: int | None = None  # strings to look up (default: ~target_s uncapped)
-    target_s: float | None = None  # seconds the uncapped run should last (5 quick, 15)
+    target_s: float | None = None  # seconds the uncapped run should last (4 quick, 15)
     idle_s: float | None = None  # seconds of idle measurement (1 quick, 3)
     window: float | None = None  # power window, s (default: the meter's)
 
@@ -163,7 +163,7 @@ class Config:
 
     @property
     def target(self) -> float:
-        return self.target_s if self.target_s is not None else (5.0 if self.quick else 15.0)
+        return self.target_s if self.target_s is not None else (4.0 if self.quick else 15.0)
 
     @property
     def idle(self) -> float:
@@ -409,8 +409,8 @@ class SubstringBench:
         with Searcher(corpus, max_threads=self.cores) as s:
             s.count(probe[0], self.cores)  # page the corpus in
             t0, n = time.monotonic(), 0
-            while n < len(probe) and (time.monotonic() - t0 < 0.4 or n < 4):
-                s.count(probe[n], self.cores)
+            while time.monotonic() - t0 < 0.8 or n < 4:
+                s.count(probe[n % len(probe)], self.cores)
                 n += 1
             per = (time.monotonic() - t0) / n
         return max(8, int(round(self.config.target / per)))
