@@ -120,8 +120,9 @@ _DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP while restoring, so a second Ctrl-C cannot
-    cut a restore in half; they are delivered when the block ends."""
+    """Hold SIGINT/SIGTERM/SIGHUP across a change and its bookkeeping, or
+    across a restore, so that a signal (a second Ctrl-C) cannot cut either
+    in half; they are delivered when the block ends."""
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
     except (AttributeError, OSError, ValueError):  # pragma: no cover
@@ -468,23 +469,29 @@ class PowercapGovernor(Governor):
             return  # a zone without "enabled": nothing to switch
         if old == value:
             return
-        key = journal.add({"op": "write", "path": str(path), "old": old})
-        try:
-            _write_text(path, value)
-        except OSError as exc:
-            journal.drop(key)
-            if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() == 0:
-                raise GovernorUnavailable(
-                    f"powercap governor: writing {path} was refused ({exc.strerror}): the "
-                    "BIOS locked this power limit (the lock bit of MSR_PKG_POWER_LIMIT); "
-                    "unlock it in the firmware setup, or use --governor cgroup"
-                ) from exc
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise GovernorUnavailable(
-                    f"powercap governor: writing {path} was refused ({exc.strerror}): run as root"
-                ) from exc
-            raise NrgError(f"powercap governor: writing {path}: {exc.strerror}") from exc
-        held.append((path, old, key))
+        # Journal, write and note it with signals held: a signal cannot fall
+        # between the write and the note that the restore reads.
+        with _signals_deferred():
+            key = journal.add({"op": "write", "path": str(path), "old": old})
+            try:
+                _write_text(path, value)
+            except OSError as exc:
+                journal.drop(key)
+                err = exc
+            else:
+                held.append((path, old, key))
+                return
+        if err.errno in (errno.EACCES, errno.EPERM) and os.geteuid() == 0:
+            raise GovernorUnavailable(
+                f"powercap governor: writing {path} was refused ({err.strerror}): the "
+                "BIOS locked this power limit (the lock bit of MSR_PKG_POWER_LIMIT); "
+                "unlock it in the firmware setup, or use --governor cgroup"
+            ) from err
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise GovernorUnavailable(
+                f"powercap governor: writing {path} was refused ({err.strerror}): run as root"
+            ) from err
+        raise NrgError(f"powercap governor: writing {path}: {err.strerror}") from err
 
     def run(
         self,
@@ -700,48 +707,58 @@ class CgroupGovernor(Governor):
     @contextlib.contextmanager
     def _group(self, journal: Journal) -> Iterator[tuple[int, Path]]:
         version, parent = self.where()
-        sub_key: int | None = None
-        if version == 2:
-            sub = parent / "cgroup.subtree_control"
-            if "cpu" not in _read_text(sub).split():
-                sub_key = journal.add({"op": "subtree", "path": str(sub)})
-                try:
-                    _write_text(sub, "+cpu")
-                except OSError as exc:
-                    journal.drop(sub_key)
-                    raise GovernorUnavailable(
-                        f"cgroup governor: enabling the cpu controller in {sub}: "
-                        f"{exc.strerror}; run as root"
-                    ) from exc
         self._n += 1
         group = parent / f"nrgloops-{os.getpid()}-{self._n}"
-        key = journal.add({"op": "cgroup", "path": str(group), "version": version})
+        sub = parent / "cgroup.subtree_control"
+        sub_key: int | None = None
+        key: int | None = None
         try:
-            os.mkdir(group)
-        except OSError as exc:
-            journal.drop(key)
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise GovernorUnavailable(
-                    f"cgroup governor: creating {group}: {exc.strerror}; run as root"
-                ) from exc
-            raise NrgError(f"cgroup governor: creating {group}: {exc.strerror}") from exc
-        try:
+            # Each change is journalled, made, and noted as made with signals
+            # held, so that a signal cannot fall between the change and the
+            # note that the finally below undoes.
+            with _signals_deferred():
+                if version == 2 and "cpu" not in _read_text(sub).split():
+                    sub_key = journal.add({"op": "subtree", "path": str(sub)})
+                    try:
+                        _write_text(sub, "+cpu")
+                    except OSError as exc:
+                        journal.drop(sub_key)
+                        sub_key = None
+                        raise GovernorUnavailable(
+                            f"cgroup governor: enabling the cpu controller in {sub}: "
+                            f"{exc.strerror}; run as root"
+                        ) from exc
+                key = journal.add({"op": "cgroup", "path": str(group), "version": version})
+                try:
+                    os.mkdir(group)
+                except OSError as exc:
+                    journal.drop(key)
+                    key = None
+                    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise GovernorUnavailable(
+                            f"cgroup governor: creating {group}: {exc.strerror}; run as root"
+                        ) from exc
+                    raise NrgError(
+                        f"cgroup governor: creating {group}: {exc.strerror}"
+                    ) from exc
             if version == 1:
                 _write_text(group / "cpu.cfs_period_us", str(self.period_us))
             yield version, group
         finally:
             with _signals_deferred():
                 try:
-                    _empty_cgroup(str(group))
-                    _rmdir_retry(group)
-                    journal.drop(key)
+                    if key is not None:
+                        _empty_cgroup(str(group))
+                        _rmdir_retry(group)
+                        journal.drop(key)
                     if sub_key is not None:
-                        _write_text(parent / "cgroup.subtree_control", "-cpu")
+                        _write_text(sub, "-cpu")
                         journal.drop(sub_key)
                 except OSError as exc:
                     raise NrgError(
-                        f"cgroup governor: could not remove {group}: {exc.strerror}; the "
-                        f"journal {journal.path} keeps it: run `nrgloops governor restore`"
+                        f"cgroup governor: could not undo {group if key is not None else sub}: "
+                        f"{exc.strerror}; the journal {journal.path} keeps it: run "
+                        "`nrgloops governor restore`"
                     ) from exc
 
     # -- the child ---------------------------------------------------------
