@@ -355,3 +355,37 @@ def test_open_governor(tmp_path: Path) -> None:
         assert "powercap refused" in why
     else:
         assert gov is None and "no governor" in why
+
+
+def test_find_cgroup_parses_mounts(tmp_path: Path) -> None:
+    v2 = tmp_path / "unified"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpuset io memory pids\n")  # no cpu: hybrid
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        f"cgroup2 {v2} cgroup2 rw,nosuid 0 0\n"
+        f"cgroup {tmp_path}/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n"
+        f"cgroup {tmp_path}/memory cgroup rw,memory 0 0\n"
+    )
+    assert gv._find_cgroup(str(mounts)) == (1, tmp_path / "cpu,cpuacct")
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")  # pure v2
+    assert gv._find_cgroup(str(mounts)) == (2, v2)
+    mounts.write_text("proc /proc proc rw 0 0\n")
+    with pytest.raises(GovernorUnavailable, match="no cgroup hierarchy"):
+        gv._find_cgroup(str(mounts))
+
+
+def test_quota_files_format(tmp_path: Path) -> None:
+    gov = CgroupGovernor(period_us=20_000)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "cpu.cfs_quota_us").write_text("-1\n")
+    write2 = gov._quota_writer(2, tmp_path)
+    write2(0.5)
+    assert (tmp_path / "cpu.max").read_text() == "10000 20000\n"
+    write2(gov.cpus)
+    assert (tmp_path / "cpu.max").read_text() == "max 20000\n"
+    write1 = gov._quota_writer(1, tmp_path)
+    write1(0.01)  # the kernel's least quota is 1 ms
+    assert (tmp_path / "cpu.cfs_quota_us").read_text() == "1000\n"
+    write1(gov.cpus)
+    assert (tmp_path / "cpu.cfs_quota_us").read_text() == "-1\n"
