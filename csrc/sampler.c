@@ -37,6 +37,8 @@ struct nrg_sampler {
     pthread_mutex_t watch_lock; /* serialises nrg_sampler_watch callers */
     int n_slots;
     pthread_t thread;
+    pthread_mutex_t wake_lock; /* with wake: stop() need not wait a period */
+    pthread_cond_t wake;
     atomic_int stop;
     atomic_int running;
     _Atomic uint64_t errors;
@@ -126,9 +128,11 @@ static void publish(nrg_sampler *s)
     }
 }
 
-static void sleep_until(struct timespec *deadline, double period)
+/* Sleep to the next tick, or until stop() signals: a long period (seconds)
+ * must not delay stopping.  Late ticks are skipped, not bunched up. */
+static void sleep_until(nrg_sampler *s, struct timespec *deadline)
 {
-    long ns = (long)(period * 1e9);
+    long ns = (long)(s->period * 1e9);
     deadline->tv_nsec += ns % 1000000000L;
     deadline->tv_sec += ns / 1000000000L + deadline->tv_nsec / 1000000000L;
     deadline->tv_nsec %= 1000000000L;
@@ -136,12 +140,24 @@ static void sleep_until(struct timespec *deadline, double period)
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (now.tv_sec > deadline->tv_sec ||
         (now.tv_sec == deadline->tv_sec && now.tv_nsec > deadline->tv_nsec)) {
-        *deadline = now; /* late: skip the missed ticks, do not burst */
+        *deadline = now;
         return;
     }
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, deadline, NULL) ==
-           EINTR)
+    pthread_mutex_lock(&s->wake_lock);
+    while (!atomic_load(&s->stop) &&
+           pthread_cond_timedwait(&s->wake, &s->wake_lock, deadline) != ETIMEDOUT)
         ;
+    pthread_mutex_unlock(&s->wake_lock);
+}
+
+static void init_wake(nrg_sampler *s)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->wake, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&s->wake_lock, NULL);
 }
 
 static void *run(void *arg)
@@ -150,7 +166,7 @@ static void *run(void *arg)
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     while (!atomic_load(&s->stop)) {
-        sleep_until(&deadline, s->period);
+        sleep_until(s, &deadline);
         if (atomic_load(&s->stop))
             break;
         if (take_sample(s) == 0)
@@ -175,9 +191,11 @@ static int first_sample(nrg_sampler *s)
 static int spawn(nrg_sampler *s)
 {
     atomic_store(&s->stop, 0);
+    init_wake(s);
     int e = pthread_create(&s->thread, NULL, run, s);
     if (e)
         return -e;
+    pthread_setname_np(s->thread, "nrg-sampler"); /* seen in top -H, ps -L */
     atomic_store(&s->running, 1);
     return 0;
 }
@@ -215,9 +233,14 @@ void nrg_sampler_stop(nrg_sampler *s)
 {
     if (!s)
         return;
+    pthread_mutex_lock(&s->wake_lock);
     atomic_store(&s->stop, 1);
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->wake_lock);
     if (atomic_load(&s->running))
         pthread_join(s->thread, NULL);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->wake_lock);
     pthread_mutex_destroy(&s->watch_lock);
     free(s->t);
     free(s->j);

@@ -13,13 +13,31 @@ from nrgloops.testing import FakeMeter
 
 
 def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+    """Sampler threads of this process (the C thread names itself)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return names.count("nrg-sampler")
+
+
+def _settled_threads(expected: int) -> int:
+    """The count once a joined thread has left /proc (it lingers briefly)."""
+    deadline = time.monotonic() + 2.0
+    while (n := _threads()) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return n
 
 
 def test_power_is_zero_before_the_second_sample() -> None:
+    t0 = time.monotonic()
     with Sampler(FakeMeter(watts=50.0), period=5.0) as s:
         assert s.power(window=0.1) == 0.0
         assert s.samples == 1
+    assert time.monotonic() - t0 < 1.0  # stopping does not wait out the 5 s period
 
 
 def test_window_tracks_a_power_step() -> None:
@@ -119,14 +137,14 @@ def test_handles_share_one_thread_started_by_first_and_stopped_by_last() -> None
             assert _threads() == before + 1
         assert len(sampler._cores) == 1  # a still uses it
     assert not sampler._cores
-    assert _threads() == before
+    assert _settled_threads(before) == before
 
 
 def test_thread_stops_on_exception() -> None:
     before = _threads()
     with pytest.raises(RuntimeError), Sampler(FakeMeter(), period=0.001):
         raise RuntimeError("boom")
-    assert _threads() == before and not sampler._cores
+    assert _settled_threads(before) == before and not sampler._cores
 
 
 def test_forked_child_gets_its_own_sampler_thread() -> None:
