@@ -37,8 +37,6 @@ struct nrg_sampler {
     pthread_mutex_t watch_lock; /* serialises nrg_sampler_watch callers */
     int n_slots;
     pthread_t thread;
-    pthread_mutex_t wake_lock; /* with wake: stop() need not wait a period */
-    pthread_cond_t wake;
     atomic_int stop;
     atomic_int running;
     _Atomic uint64_t errors;
@@ -128,36 +126,42 @@ static void publish(nrg_sampler *s)
     }
 }
 
-/* Sleep to the next tick, or until stop() signals: a long period (seconds)
- * must not delay stopping.  Late ticks are skipped, not bunched up. */
+static struct timespec add_seconds(struct timespec t, double seconds)
+{
+    long ns = (long)(seconds * 1e9);
+    t.tv_nsec += ns % 1000000000L;
+    t.tv_sec += ns / 1000000000L + t.tv_nsec / 1000000000L;
+    t.tv_nsec %= 1000000000L;
+    return t;
+}
+
+static int before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec ||
+           (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* Sleep to the next tick.  Late ticks are skipped, not bunched up.  A long
+ * period sleeps in slices of at most 50 ms so that stop() is seen soon; a
+ * short one is a single clock_nanosleep, the cheapest wake-up there is. */
 static void sleep_until(nrg_sampler *s, struct timespec *deadline)
 {
-    long ns = (long)(s->period * 1e9);
-    deadline->tv_nsec += ns % 1000000000L;
-    deadline->tv_sec += ns / 1000000000L + deadline->tv_nsec / 1000000000L;
-    deadline->tv_nsec %= 1000000000L;
+    *deadline = add_seconds(*deadline, s->period);
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec > deadline->tv_sec ||
-        (now.tv_sec == deadline->tv_sec && now.tv_nsec > deadline->tv_nsec)) {
+    if (before(deadline, &now)) {
         *deadline = now;
         return;
     }
-    pthread_mutex_lock(&s->wake_lock);
-    while (!atomic_load(&s->stop) &&
-           pthread_cond_timedwait(&s->wake, &s->wake_lock, deadline) != ETIMEDOUT)
-        ;
-    pthread_mutex_unlock(&s->wake_lock);
-}
-
-static void init_wake(nrg_sampler *s)
-{
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->wake, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&s->wake_lock, NULL);
+    while (!atomic_load(&s->stop)) {
+        struct timespec slice = add_seconds(now, 0.05);
+        const struct timespec *until = before(deadline, &slice) ? deadline : &slice;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, until, NULL) == EINTR)
+            ;
+        if (until == deadline)
+            return;
+        now = slice;
+    }
 }
 
 static void *run(void *arg)
@@ -191,7 +195,6 @@ static int first_sample(nrg_sampler *s)
 static int spawn(nrg_sampler *s)
 {
     atomic_store(&s->stop, 0);
-    init_wake(s);
     int e = pthread_create(&s->thread, NULL, run, s);
     if (e)
         return -e;
@@ -233,14 +236,9 @@ void nrg_sampler_stop(nrg_sampler *s)
 {
     if (!s)
         return;
-    pthread_mutex_lock(&s->wake_lock);
     atomic_store(&s->stop, 1);
-    pthread_cond_signal(&s->wake);
-    pthread_mutex_unlock(&s->wake_lock);
     if (atomic_load(&s->running))
         pthread_join(s->thread, NULL);
-    pthread_cond_destroy(&s->wake);
-    pthread_mutex_destroy(&s->wake_lock);
     pthread_mutex_destroy(&s->watch_lock);
     free(s->t);
     free(s->j);

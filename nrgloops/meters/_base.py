@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib, raise_errno
@@ -109,8 +109,14 @@ class Meter:
         with self._read_lock:
             rc = lib.nrg_source_read(self._source, self._t, self._buf)
             if rc < 0:
-                raise_errno(rc, f"reading the {self.kind} meter")
-            return Reading(self._t[0], dict(zip(self.domains, self._buf, strict=True)))
+                self._read_failed(rc)
+            t = self._t[0]
+            joules = ffi.unpack(self._buf, len(self.domains))  # one call, not one per item
+        return Reading(t, dict(zip(self.domains, joules, strict=True)))
+
+    def _read_failed(self, rc: int) -> NoReturn:
+        """Raise for a failed read (a meter with more to say overrides this)."""
+        raise_errno(rc, f"reading the {self.kind} meter")
 
     @property
     def errors(self) -> int:

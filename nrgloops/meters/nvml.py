@@ -31,11 +31,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from nrgloops._errors import MeterUnavailable, NrgError
 from nrgloops._ffi import ffi, lib
-from nrgloops.meters._base import Meter, Reading
+from nrgloops.meters._base import Meter
 
 __all__ = [
     "DEFAULT_LIBRARY",
@@ -228,19 +228,12 @@ class NvmlMeter(Meter):
     def last_status_text(self) -> str:
         return _status_text(self.last_status)
 
-    def read(self) -> Reading:
-        """Read the GPU now: cumulative joules since the meter was opened.
-
-        A refused read raises MeterUnavailable naming NVML's status; the
-        sampler, which reads the same source, only counts such failures.
-        """
-        rc = lib.nrg_source_read(self._source, self._t, self._buf)
-        if rc < 0:
-            raise MeterUnavailable(
-                f"reading GPU {self.index} through NVML ({self.mode} mode) failed: "
-                f"{self.last_status_text}; the last good reading is kept"
-            )
-        return Reading(self._t[0], dict(zip(self.domains, self._buf, strict=True)))
+    def _read_failed(self, rc: int) -> NoReturn:
+        # The sampler reads the same source and only counts such failures.
+        raise MeterUnavailable(
+            f"reading GPU {self.index} through NVML ({self.mode} mode) failed: "
+            f"{self.last_status_text}; the last good reading is kept"
+        )
 
 
 def open_nvml(
