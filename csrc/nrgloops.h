@@ -101,11 +101,14 @@ void nrg_source_free(nrg_source *s);
 int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
                       int capacity, uint32_t total_mask);
 void nrg_sampler_stop(nrg_sampler *s); /* joins the thread and frees */
+/* Joins the thread but keeps the ring: readers may still look at it. */
+void nrg_sampler_halt(nrg_sampler *s);
 /* In a forked child the thread is gone: start a new one on the same ring. */
 int nrg_sampler_respawn(nrg_sampler *s);
 
 /* Ask the thread to publish the windowed power of a column (domain index,
- * or -1 for the total) at every sample; returns the slot index. */
+ * or -1 for the total) at every sample; returns the slot index.  A sampler
+ * has NRG_MAX_SLOTS slots, one per distinct (window, domain); -ENOSPC after. */
 int nrg_sampler_watch(nrg_sampler *s, double window, int domain);
 /* NRG_MAX_SLOTS doubles, watts; slot i is rewritten at every sample. */
 volatile double *nrg_sampler_published(nrg_sampler *s);

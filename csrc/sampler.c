@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,7 +196,13 @@ static int first_sample(nrg_sampler *s)
 static int spawn(nrg_sampler *s)
 {
     atomic_store(&s->stop, 0);
+    /* The thread takes no signal: a Ctrl-C must reach Python's main thread
+     * (or another Python thread), never this one. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     int e = pthread_create(&s->thread, NULL, run, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e)
         return -e;
     pthread_setname_np(s->thread, "nrg-sampler"); /* seen in top -H, ps -L */
@@ -223,6 +230,7 @@ int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
     if (e == 0)
         e = spawn(s);
     if (e < 0) {
+        pthread_mutex_destroy(&s->watch_lock);
         free(s->t);
         free(s->j);
         free(s);
@@ -232,13 +240,18 @@ int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
     return 0;
 }
 
+void nrg_sampler_halt(nrg_sampler *s)
+{
+    atomic_store(&s->stop, 1);
+    if (atomic_exchange(&s->running, 0))
+        pthread_join(s->thread, NULL);
+}
+
 void nrg_sampler_stop(nrg_sampler *s)
 {
     if (!s)
         return;
-    atomic_store(&s->stop, 1);
-    if (atomic_load(&s->running))
-        pthread_join(s->thread, NULL);
+    nrg_sampler_halt(s);
     pthread_mutex_destroy(&s->watch_lock);
     free(s->t);
     free(s->j);
@@ -370,13 +383,14 @@ int nrg_sampler_series(nrg_sampler *s, double after, double window,
             row++;
         uint64_t start = row > oldest ? find_start(s, oldest, row, window)
                                       : oldest;
+        uint64_t first = start; /* the oldest row this call reads */
         int n = 0;
         for (; row < head && n < max; row++, n++) {
             start = advance_start(s, start, row, window);
             out_t[n] = row_t(s, row);
             out_w[n] = window_power(s, start, row, col);
         }
-        if (still_valid(s, oldest))
+        if (still_valid(s, first))
             return n;
     }
 }

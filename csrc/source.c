@@ -43,8 +43,11 @@ static void after_fork_parent(void)
 
 static void after_fork_child(void)
 {
-    for (struct nrg_source *s = registry; s; s = s->next)
+    for (struct nrg_source *s = registry; s; s = s->next) {
         pthread_mutex_init(&s->lock, NULL);
+        if (s->in_child)
+            s->in_child(s);
+    }
     pthread_mutex_init(&registry_lock, NULL);
 }
 
@@ -282,7 +285,8 @@ struct model {
     int stat_fd;
     double idle_w, per_core_w;
     double t0, busy0;
-    double last_j; /* never report less than before */
+    double last_busy; /* busy seconds at the last read */
+    double last_j;    /* never report less than before */
     double tick_s;
 };
 
@@ -318,11 +322,21 @@ static int model_read(struct nrg_source *s, double *t, double *joules)
     int e = busy_seconds(m, &busy);
     if (e < 0)
         return e;
+    m->last_busy = busy;
     double j = m->idle_w * (*t - m->t0) + m->per_core_w * (busy - m->busy0);
     if (j > m->last_j)
         m->last_j = j;
     joules[0] = m->last_j;
     return 0;
+}
+
+/* A forked child's process CPU clock starts again near 0: carry on from the
+ * parent's count so that the child's energy keeps rising at once. */
+static void model_in_child(struct nrg_source *s)
+{
+    struct model *m = s->impl;
+    if (m->scope == NRG_MODEL_PROCESS)
+        m->busy0 -= m->last_busy;
 }
 
 static void model_free(struct nrg_source *s)
@@ -360,9 +374,12 @@ int nrg_model_new(nrg_source **out, int scope, const char *stat_path,
     int e = busy_seconds(m, &m->busy0);
     m->t0 = nrg_now();
     if (e == 0) {
+        m->last_busy = m->busy0;
         *out = nrg_source_alloc(1, model_read, model_free, m);
-        if (*out)
+        if (*out) {
+            (*out)->in_child = model_in_child;
             return 0;
+        }
         e = -ENOMEM;
     }
     if (m->stat_fd >= 0)

@@ -9,6 +9,8 @@ struct nrg_source;
 /* Fill joules[0..n_domains) with cumulative values; called with s->lock held. */
 typedef int (*nrg_read_fn)(struct nrg_source *s, double *t, double *joules);
 typedef void (*nrg_free_fn)(struct nrg_source *s);
+/* Called in a forked child, before anything else runs there. */
+typedef void (*nrg_fork_fn)(struct nrg_source *s);
 
 struct nrg_source {
     pthread_mutex_t lock; /* one reader at a time: sampler or Python */
@@ -17,6 +19,7 @@ struct nrg_source {
     nrg_read_fn read;
     nrg_free_fn free_impl;
     void *impl;
+    nrg_fork_fn in_child; /* optional */
     struct nrg_source *next; /* registry for pthread_atfork */
 };
 

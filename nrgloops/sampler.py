@@ -9,6 +9,7 @@ dict lookup and one memory load, no lock, no system call.
 from __future__ import annotations
 
 import atexit
+import errno
 import math
 import os
 import threading
@@ -22,6 +23,8 @@ from nrgloops.meters._base import Meter
 __all__ = ["DEFAULT_HISTORY_S", "Sampler"]
 
 DEFAULT_HISTORY_S = 10.0  # the ring holds at least this much history
+MIN_PERIOD_S = 1e-4  # faster than 10 kHz the thread would only spin
+MAX_RING_BYTES = 1 << 30  # a ring larger than 1 GiB is a mistake, not a plan
 
 
 class _Core:
@@ -32,6 +35,13 @@ class _Core:
         self.period = period
         self.capacity = int(math.ceil(history / period)) + 64
         self.history = (self.capacity - 2) * period
+        ring_bytes = self.capacity * (len(meter.domains) + 2) * 8
+        if ring_bytes > MAX_RING_BYTES or self.capacity >= 2**31:
+            raise ValueError(
+                f"history={history:g} s at period={period:g} s needs a ring of "
+                f"{ring_bytes / 2**20:.0f} MiB; use a longer period or a shorter history "
+                f"(at most {MAX_RING_BYTES // 2**20} MiB)"
+            )
         out = ffi.new("nrg_sampler **")
         check(
             lib.nrg_sampler_start(out, meter._source, period, self.capacity, meter.total_mask),
@@ -46,10 +56,18 @@ class _Core:
         ).cast("d")
         self.users = 0
 
+        self.halted = False
+
     def stop(self) -> None:
         if self.ptr is not None:
             lib.nrg_sampler_stop(self.ptr)
             self.ptr = None
+
+    def halt(self) -> None:
+        """Stop the thread but keep the ring: handles may still read it."""
+        if self.ptr is not None and not self.halted:
+            lib.nrg_sampler_halt(self.ptr)
+            self.halted = True
 
 
 _lock = threading.Lock()
@@ -75,18 +93,29 @@ def _release(core: _Core, key: tuple[int, float, float]) -> None:
 
 
 @atexit.register
-def _stop_all() -> None:
+def _halt_all() -> None:
+    # At exit, daemon threads and loops may still hold handles: join the C
+    # threads but free nothing, so that a late read sees stale values, never
+    # freed memory.
     with _lock:
         for core in _cores.values():
-            core.stop()
-        _cores.clear()
+            core.halt()
+
+
+def _halt_all_in_child() -> None:
+    """For a forked child that must not sample (a governor's workload): stop
+    the sampler threads that were started again in it."""
+    _halt_all()
 
 
 def _respawn_in_child() -> None:
     # After fork() only the forking thread exists: start each sampler's thread
-    # again on the same ring, so pointers held by loops stay valid.
+    # again on the same ring, so pointers held by loops stay valid.  The lock
+    # may have been held by a thread that is gone.
+    global _lock
+    _lock = threading.Lock()
     for core in _cores.values():
-        if core.ptr is not None:
+        if core.ptr is not None and not core.halted:
             lib.nrg_sampler_respawn(core.ptr)
 
 
@@ -121,6 +150,8 @@ class Sampler:
             raise TypeError(f"meter must be a nrgloops Meter, not {type(meter).__name__}")
         self.meter = meter
         self.period = _positive("period", meter.default_period if period is None else period)
+        if self.period < MIN_PERIOD_S:
+            raise ValueError(f"period must be at least {MIN_PERIOD_S:g} s, got {self.period!r}")
         if self.period > meter.max_period:
             raise ValueError(
                 f"period={self.period} s is too slow for the {meter.kind} meter: its "
@@ -185,7 +216,13 @@ class Sampler:
                 f"holds; use a shorter window or Sampler(..., history={window:g})"
             )
         col = self.meter.domain_index(domain)
-        slot = check(lib.nrg_sampler_watch(ptr, window, col), "watching a power window")
+        rc = lib.nrg_sampler_watch(ptr, window, col)
+        if rc == -errno.ENOSPC:
+            raise NrgError(
+                f"this sampler already publishes {lib.NRG_MAX_SLOTS} windows, one per distinct "
+                "(window, domain): reuse one of the windows already in use"
+            )
+        slot = check(rc, "watching a power window")
         self._slots[(window, domain)] = slot
         if domain is None:
             self._total_slots[window] = slot
@@ -227,6 +264,10 @@ class Sampler:
         ptr = self._ptr()
         window = _positive("window", window)
         col = self.meter.domain_index(domain)
+        if isinstance(after, bool) or not isinstance(after, (int, float)) or math.isnan(after):
+            raise ValueError(f"after must be a time in seconds (time.monotonic()), got {after!r}")
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+            raise ValueError(f"max_points must be an int >= 1, got {max_points!r}")
         t = ffi.new("double[]", max_points)
         w = ffi.new("double[]", max_points)
         n = check(lib.nrg_sampler_series(ptr, after, window, col, t, w, max_points), "series")

@@ -169,3 +169,69 @@ def test_forked_child_gets_its_own_sampler_thread() -> None:
         time.sleep(0.05)
         assert s.power(0.1) == pytest.approx(25.0, rel=0.05)  # the parent is untouched
     assert result == b"1"
+
+
+def test_sampler_thread_takes_no_signal() -> None:
+    with Sampler(FakeMeter(), period=0.001):
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != "nrg-sampler":
+                    continue
+            with open(f"/proc/self/task/{tid}/status") as f:
+                blocked = next(line for line in f if line.startswith("SigBlk:"))
+            # SIGINT (2) and SIGTERM (15) are blocked: bits 1 and 14 of the mask
+            mask = int(blocked.split()[1], 16)
+            assert mask & (1 << 1) and mask & (1 << 14)
+            break
+        else:
+            pytest.fail("no nrg-sampler thread found")
+
+
+def test_halted_sampler_keeps_its_ring_readable() -> None:
+    f = FakeMeter(watts=12.0)
+    s = Sampler(f, period=0.001).start()
+    time.sleep(0.15)
+    sampler._halt_all()  # what interpreter exit does
+    assert _settled_threads(0) == 0
+    frozen = s.power(0.1)
+    assert frozen == pytest.approx(12.0, rel=0.05)  # stale but valid, not freed memory
+    time.sleep(0.02)
+    assert s.power(0.1) == frozen and s.energy() > 0
+    s.stop()
+
+
+def test_bad_period_history_and_series_arguments() -> None:
+    with pytest.raises(ValueError, match="period must be at least"):
+        Sampler(FakeMeter(), period=1e-9)
+    with pytest.raises(ValueError, match="history=.*MiB"):
+        Sampler(FakeMeter(), period=0.001, history=1e9).start()
+    with Sampler(FakeMeter(), period=0.01) as s:
+        with pytest.raises(ValueError, match="after"):
+            s.series(math.nan, 0.1)
+        with pytest.raises(ValueError, match="max_points"):
+            s.series(0.0, 0.1, max_points=-1)
+
+
+def test_process_model_keeps_counting_in_a_forked_child() -> None:
+    from nrgloops.meters.model import open_model
+
+    m = open_model(idle_watts=0.0, watts_per_core=10.0, scope="process")
+    with Sampler(m, period=0.005) as s:
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # the parent has used CPU time before the fork
+            pass
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                end = time.monotonic() + 0.3
+                while time.monotonic() < end:  # one busy core: ~10 W
+                    pass
+                os.write(w, b"1" if s.power(0.2) > 5.0 else b"0")
+            finally:
+                os._exit(0)
+        os.close(w)
+        result = os.read(r, 1)
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert result == b"1"
