@@ -136,8 +136,8 @@ def main() -> None:
     cpu_s = 1.0 if args.quick else 5.0
 
     base = Path(tempfile.mkdtemp(prefix="nrgloops-bench-", dir="/dev/shm"))
-    results: dict[str, Any] = {"machine": machine(), "iterations": n, "rows": {}}
-    rows = results["rows"]
+    results: dict[str, Any] = {"machine": machine(), "iterations": n, "rows_ns": {}}
+    rows = results["rows_ns"]
     try:
         msr_tree = mt.intel_server(base / "msr", packages=1)
         pc_tree = pt.server(base / "pc", packages=1)
@@ -212,7 +212,7 @@ def main() -> None:
 
 def report(results: dict[str, Any]) -> None:
     m = results["machine"]
-    rows = results["rows"]
+    rows = results["rows_ns"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
           f"Python {m['python']}; fake trees in {m['tmpfs']}; 2 counters per reading; "
           f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}")
@@ -250,7 +250,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no PNG")
         return
-    rows = {k: v for k, v in results["rows"].items()
+    rows = {k: v for k, v in results["rows_ns"].items()
             if "overhead" not in k and not k.startswith("reference")}
     names = list(rows)
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
