@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nrgloops import MeterUnavailable, NrgError, Sampler, open_meter
-from nrgloops.meters.powercap import open_powercap
+from nrgloops.meters.powercap import open_powercap, wrap_modulus_uj
 from tests.fakes import msr_tree as mt
 from tests.fakes import powercap_tree as pt
 
@@ -31,14 +31,18 @@ def test_client_zones_and_symlinks(shm: Path) -> None:
     # the intel-rapl-mmio copy of package-0 is not counted twice
     assert m.domains == ("package-0", "core-0", "uncore-0", "psys")
     assert m.total_domains == ("package-0",)
-    tree.advance("intel-rapl:0", 2_500_000)
-    tree.advance("intel-rapl:0:0", 1)
-    tree.advance("intel-rapl:0:1", 750_000)
-    tree.advance("intel-rapl:1", 4_000_000)
+    want = {
+        "package-0": tree.advance("intel-rapl:0", 2_500_000),
+        "core-0": tree.advance_raw("intel-rapl:0:0", 1),  # one 61.035 uJ unit
+        "uncore-0": tree.advance("intel-rapl:0:1", 750_000),
+        "psys": tree.advance("intel-rapl:1", 4_000_000),
+    }
     tree.advance("intel-rapl-mmio:0", 9_000_000)  # ignored
     r = m.read().joules
-    assert r == pytest.approx({"package-0": 2.5, "core-0": 1e-6, "uncore-0": 0.75, "psys": 4.0})
-    assert m.max_period == pytest.approx((pt.CLIENT_RANGE_UJ + 1) * 1e-6 / 2000)
+    # energy_uj is floored to whole uJ: each reading within 1 uJ
+    assert r == pytest.approx({d: uj * 1e-6 for d, uj in want.items()}, abs=1e-6)
+    assert r["package-0"] == pytest.approx(2.5, abs=61e-6)  # the nearest whole unit
+    assert m.max_period == pytest.approx(wrap_modulus_uj(pt.CLIENT_RANGE_UJ) * 1e-6 / 2000)
 
 
 def test_server_two_sockets_with_dram(shm: Path) -> None:
@@ -46,13 +50,12 @@ def test_server_two_sockets_with_dram(shm: Path) -> None:
     m = open_meter("powercap", root=str(tree.root))
     assert m.domains == ("package-0", "dram-0", "package-1", "dram-1")
     assert m.total_domains == ("package-0", "package-1")
-    tree.advance("intel-rapl:0", 1_000_000)
-    tree.advance("intel-rapl:1", 2_000_000)
-    tree.advance("intel-rapl:1:0", 3_000_000)
+    pkg_uj = tree.advance("intel-rapl:0", 1_000_000) + tree.advance("intel-rapl:1", 2_000_000)
+    dram_uj = tree.advance("intel-rapl:1:0", 3_000_000)  # 15.3 uJ units
     r = m.read().joules
-    assert sum(r[d] for d in m.total_domains) == pytest.approx(3.0)
-    assert r["dram-1"] == pytest.approx(3.0)
-    assert m.max_period == pytest.approx((pt.DRAM_RANGE_UJ + 1) * 1e-6 / 2000)
+    assert sum(r[d] for d in m.total_domains) == pytest.approx(pkg_uj * 1e-6, abs=2e-6)
+    assert r["dram-1"] == pytest.approx(dram_uj * 1e-6, abs=1e-6)
+    assert m.max_period == pytest.approx(wrap_modulus_uj(pt.DRAM_RANGE_UJ) * 1e-6 / 2000)
 
 
 def test_root_may_be_a_control_type_directory(shm: Path) -> None:
@@ -73,9 +76,9 @@ def test_mmio_and_tpmi_alone(shm: Path) -> None:
     m = open_powercap(tree.root)
     assert m.domains == ("package-0", "dram-0", "package-1")
     assert "intel-rapl-tpmi" in m.description
-    tree.advance("intel-rapl-tpmi:0", 10)
-    tree.advance("intel-rapl-mmio:0", 1000)
-    assert m.read().joules["package-0"] == pytest.approx(10e-6)
+    uj = tree.advance_raw("intel-rapl-tpmi:0", 10)
+    tree.advance_raw("intel-rapl-mmio:0", 1000)
+    assert m.read().joules["package-0"] == pytest.approx(uj * 1e-6, abs=1e-6)
 
 
 def test_die_zones(shm: Path) -> None:
@@ -96,27 +99,33 @@ def test_psys_only(shm: Path) -> None:
     assert m.domains == ("psys",) and m.total_domains == ("psys",)
 
 
-def test_modulus_is_max_range_plus_one(shm: Path) -> None:
+def test_modulus_is_one_unit_past_max_range(shm: Path) -> None:
+    """The counter wraps 2^32 raw units after 0: one unit (15.3 uJ on server
+    DRAM) past max_energy_range_uj, not one microjoule."""
     tree = pt.PowercapTree(shm)
-    tree.add_zone("intel-rapl:0", "package-0", 999, max_range_uj=1000)
+    tree.add_zone("intel-rapl:0", "package-0", unit_nj=pt.DRAM_UNIT_NJ)
+    tree.set_raw("intel-rapl:0", pt.MOD32 - 3)
     m = open_powercap(tree.root)
-    tree.set_energy("intel-rapl:0", 1000)  # the largest value the kernel shows
-    assert m.read().joules["package-0"] == pytest.approx(1e-6)
-    tree.set_energy("intel-rapl:0", 0)  # wrapped: one more microjoule, not -1000
-    assert m.read().joules["package-0"] == pytest.approx(2e-6)
-    tree.set_energy("intel-rapl:0", 998)
-    assert m.read().joules["package-0"] == pytest.approx(1000e-6)
+    true_uj = tree.advance_raw("intel-rapl:0", 2)  # to the largest value shown
+    assert tree.energy["intel-rapl:0"] == pt.DRAM_RANGE_UJ
+    assert m.read().joules["package-0"] == pytest.approx(true_uj * 1e-6, abs=1e-6)
+    true_uj += tree.advance_raw("intel-rapl:0", 1)  # wrapped: energy_uj 0
+    assert tree.energy["intel-rapl:0"] == 0
+    assert m.read().joules["package-0"] == pytest.approx(true_uj * 1e-6, abs=1e-6)
+    true_uj += tree.advance_raw("intel-rapl:0", 65)
+    assert m.read().joules["package-0"] == pytest.approx(true_uj * 1e-6, abs=1e-6)
+    assert true_uj == pytest.approx(68 * 15.3)
 
 
 def test_sampler_reads_powercap(shm: Path) -> None:
     tree = pt.client(shm)
     m = open_powercap(tree.root)
     with Sampler(m, period=0.001) as s:
-        tree.advance("intel-rapl:0", 3_000_000)
+        want = tree.advance("intel-rapl:0", 3_000_000) * 1e-6
         deadline = time.monotonic() + 2.0
-        while s.energy() < 3.0 - 1e-9 and time.monotonic() < deadline:
+        while s.energy() < want - 1e-6 and time.monotonic() < deadline:
             time.sleep(0.002)
-        assert s.energy() == pytest.approx(3.0)
+        assert s.energy() == pytest.approx(want, abs=1e-6)
         assert s.energy("psys") == 0.0
         assert s.errors == 0
 

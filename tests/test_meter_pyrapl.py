@@ -119,20 +119,23 @@ def test_real_pyrapl_on_fake_tree_with_wrap(shm: Path) -> None:
     tree.set_energy("intel-rapl:1:0", pt.DRAM_RANGE_UJ - 10)
     with open_pyrapl(period=0.001, sensor=sensor) as m:
         assert m.domains == ("package-0", "dram-0", "package-1", "dram-1")
-        tree.advance("intel-rapl:1:0", 25)  # wraps at max_energy_range_uj + 1
-        tree.advance("intel-rapl:0", 3_000_000)
+        # two 15.3 uJ units: wraps one unit past max_energy_range_uj (the old
+        # rule, max + 1, counted 16 uJ here)
+        dram_uj = tree.advance("intel-rapl:1:0", 25)
+        assert tree.energy["intel-rapl:1:0"] == 15
+        pkg_uj = tree.advance("intel-rapl:0", 3_000_000)
         wait_polls(m)
         r = m.read().joules
-        assert r["dram-1"] == pytest.approx(25e-6)
-        assert r["package-0"] == pytest.approx(3.0)
+        assert r["dram-1"] == pytest.approx(dram_uj * 1e-6, abs=1e-6)
+        assert r["package-0"] == pytest.approx(pkg_uj * 1e-6, abs=1e-6)
         assert m.poll_errors == 0
         with Sampler(m) as s:  # the C sampler reads the pushed values
             assert s.period == 0.001
-            tree.advance("intel-rapl:1", 2_000_000)
+            want = tree.advance("intel-rapl:1", 2_000_000) * 1e-6
             deadline = time.monotonic() + 2.0
-            while s.energy() < 2.0 - 1e-9 and time.monotonic() < deadline:
+            while s.energy() < want - 1e-6 and time.monotonic() < deadline:
                 time.sleep(0.002)
-            assert s.energy() == pytest.approx(2.0)
+            assert s.energy() == pytest.approx(want, abs=1e-6)
 
 
 def test_thread_stops_when_meter_is_collected() -> None:

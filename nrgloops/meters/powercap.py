@@ -18,8 +18,8 @@ show up as ``intel-rapl`` too; there the kernel's ``core`` zone counts the
 first core of the package only (use the msr meter for all cores).
 
 Each zone's ``energy_uj`` (microjoules) is read with ``pread`` on a file
-descriptor opened once; it wraps at ``max_energy_range_uj + 1`` (the kernel
-reports the largest value, one unit short of the modulus).  Since Linux 5.10
+descriptor opened once; it wraps one RAPL *unit* (not one microjoule) past
+``max_energy_range_uj``: see :func:`wrap_modulus_uj`.  Since Linux 5.10
 (CVE-2020-8694) ``energy_uj`` is readable by root only.
 """
 
@@ -35,11 +35,12 @@ from nrgloops._ffi import check, ffi, lib
 from nrgloops.meters._base import Meter
 from nrgloops.meters._sysfs import StrPath, is_permission, read_text
 
-__all__ = ["CONTROL_TYPES", "UDEV_RULE", "open_powercap"]
+__all__ = ["CONTROL_TYPES", "UDEV_RULE", "open_powercap", "wrap_modulus_uj"]
 
 # In order of preference; a later type only adds domains the earlier lack.
 CONTROL_TYPES = ("intel-rapl", "intel-rapl-tpmi", "intel-rapl-mmio")
 UNIT_J = 1e-6
+COUNTER_MAX = 2**32 - 1  # the kernel's ENERGY_STATUS_MASK: a 32-bit counter
 WRAP_BOUND_WATTS = 1000.0  # as for the msr meter: conservative per zone
 
 UDEV_RULE = (
@@ -66,6 +67,28 @@ class _Zone:
     path: str  # the zone directory (as found, symlinks not resolved)
     name: str  # the kernel's name file
     domain: str = ""
+
+
+def wrap_modulus_uj(max_range_uj: int) -> int:
+    """The modulus, in whole microjoules, at which ``energy_uj`` wraps.
+
+    The kernel (intel_rapl_common.c) shows ``energy_uj = floor(raw * unit)``
+    and ``max_energy_range_uj = floor((2**32 - 1) * unit)``, ``raw`` a 32-bit
+    counter of RAPL units (``unit`` in uJ: 61.035 for 2^-14 J, truncated by
+    the driver to whole nJ; 15.3 for server DRAM; 10^6 for the 1 J psys of
+    Sapphire Rapids).  So the counter wraps at ``2**32 * unit`` uJ: one unit
+    past the maximum, which ``max_range / (2**32 - 1)`` recovers to the
+    nearest uJ (at least 1: below 0.5 uJ a unit rounds to 0).
+
+    The C channel counts whole microjoules, so the modulus is an integer;
+    with the kernel's floor on both files each wrap is off by less than
+    1 uJ for the units real parts use (2^-14 J, 2^-16 J, 15.3 uJ, powers of
+    two; at most 1.2 uJ for any 2^-ESU J), against about one unit (61 uJ)
+    for ``max_range + 1``.
+    """
+    if max_range_uj <= 0:
+        raise ValueError(f"max_range_uj must be > 0, got {max_range_uj}")
+    return max_range_uj + max(1, round(max_range_uj / COUNTER_MAX))
 
 
 def _zone_key(zone_id: str) -> tuple[int, ...]:
@@ -157,7 +180,7 @@ def _read_zone(zone: _Zone) -> tuple[str, int, int]:
         raise NrgError(f"powercap meter: {range_path} does not hold a number") from None
     if max_range <= 0:
         raise NrgError(f"powercap meter: {range_path} is {max_range}, expected > 0")
-    return energy, value, max_range + 1
+    return energy, value, wrap_modulus_uj(max_range)
 
 
 def open_powercap(root: StrPath = "/sys/class/powercap") -> Meter:

@@ -28,6 +28,7 @@ from typing import Any
 from nrgloops._errors import MeterUnavailable
 from nrgloops._ffi import check, ffi, lib
 from nrgloops.meters._base import Meter
+from nrgloops.meters.powercap import wrap_modulus_uj
 
 __all__ = ["PyRaplMeter", "open_pyrapl"]
 
@@ -36,8 +37,9 @@ _DEVICES = ("package", "dram")  # pyRAPL's Device.PKG = 0, Device.DRAM = 1
 
 
 def _moduli(sensor: Any) -> dict[int, int]:
-    """Wrap modulus (max_energy_range_uj + 1) per position of energy(), found
-    beside the energy_uj files pyRAPL holds open; {} where it cannot be found."""
+    """Wrap modulus (uJ, one RAPL unit past max_energy_range_uj: see
+    powercap.wrap_modulus_uj) per position of energy(), found beside the
+    energy_uj files pyRAPL holds open; {} where it cannot be found."""
     out: dict[int, int] = {}
     apis = getattr(sensor, "_device_api", None)
     if not isinstance(apis, dict):
@@ -51,9 +53,10 @@ def _moduli(sensor: Any) -> dict[int, int]:
                 continue
             try:
                 with open(os.path.join(os.path.dirname(name), "max_energy_range_uj")) as r:
-                    out[int(socket) * 2 + int(device)] = int(r.read().strip()) + 1
-            except (OSError, ValueError):
+                    modulus = wrap_modulus_uj(int(r.read().strip()))
+            except (OSError, ValueError):  # ValueError: not a number, or <= 0
                 continue
+            out[int(socket) * 2 + int(device)] = modulus
     return out
 
 

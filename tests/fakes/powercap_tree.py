@@ -14,6 +14,14 @@ Zone files: ``name``, ``energy_uj`` (mode 0400 since Linux 5.10),
 (``long_term``, ``short_term``), ``_power_limit_uw``, ``_time_window_us``,
 ``_max_power_uw``.  ``energy_uj`` is rewritten in place (same inode), so a
 file descriptor the meter holds sees each new value, as with sysfs.
+
+The counters model the kernel, not the meter: each zone holds a raw 32-bit
+counter of RAPL units and the driver's unit in whole nanojoules
+(intel_rapl_common.c: ``energy_unit = ENERGY_UNIT_SCALE * 1000000 / (1 << ESU)``
+in integers, so 2^-14 J is 61035 nJ, not 61035.15625; server DRAM 15300 nJ),
+and ``rapl_unit_xlate`` writes ``energy_uj = floor(raw * unit_nj / 1000)`` and
+``max_energy_range_uj = floor((2^32 - 1) * unit_nj / 1000)``.  Advancing adds
+raw units modulo 2^32, so the wrap the meter sees is the kernel's.
 """
 
 from __future__ import annotations
@@ -25,23 +33,48 @@ from typing import Any
 
 __all__ = [
     "CLIENT_RANGE_UJ",
+    "CLIENT_UNIT_NJ",
     "DRAM_RANGE_UJ",
+    "DRAM_UNIT_NJ",
+    "MOD32",
     "PowercapTree",
     "client",
+    "max_range_uj",
     "pyrapl_sensor",
     "server",
+    "shown_uj",
 ]
 
+MOD32 = 2**32  # the raw counter's modulus (ENERGY_STATUS_MASK + 1)
+CLIENT_UNIT_NJ = 10**9 >> 14  # 61035: 2^-14 J as the driver truncates it
+DRAM_UNIT_NJ = 15300  # the fixed 15.3 uJ DRAM unit of HSW-EP..ICX, KNL
+
+
+def shown_uj(raw: int, unit_nj: int) -> int:
+    """What the kernel shows in energy_uj for ``raw`` units."""
+    return raw * unit_nj // 1000
+
+
+def max_range_uj(unit_nj: int) -> int:
+    """What the kernel shows in max_energy_range_uj."""
+    return shown_uj(MOD32 - 1, unit_nj)
+
+
 # (2^32 - 1) units of 61.035 uJ and of 15.3 uJ, as the kernel reports them.
-CLIENT_RANGE_UJ = 262143328850
-DRAM_RANGE_UJ = 65712999613
+CLIENT_RANGE_UJ = max_range_uj(CLIENT_UNIT_NJ)  # 262143328850
+DRAM_RANGE_UJ = max_range_uj(DRAM_UNIT_NJ)  # 65712999613
 
 
 @dataclass
 class PowercapTree:
-    """``root`` is the fake /sys/class/powercap; zones live under ``devices``."""
+    """``root`` is the fake /sys/class/powercap; zones live under ``devices``.
+
+    ``raw[zone]`` is the 32-bit counter, ``units_nj[zone]`` its unit;
+    ``energy[zone]`` and ``ranges[zone]`` are what the files show (uJ)."""
 
     base: Path
+    raw: dict[str, int] = field(default_factory=dict)
+    units_nj: dict[str, int] = field(default_factory=dict)
     energy: dict[str, int] = field(default_factory=dict)
     ranges: dict[str, int] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
@@ -66,12 +99,15 @@ class PowercapTree:
         zone: str,
         name: str,
         energy_uj: int = 0,
-        max_range_uj: int = CLIENT_RANGE_UJ,
+        unit_nj: int = CLIENT_UNIT_NJ,
         constraints: tuple[tuple[str, int, int, int], ...] = (),
     ) -> Path:
         """Add zone ``zone`` (e.g. "intel-rapl:0:1") named ``name``; its parent
-        must exist.  ``constraints``: (name, power_limit_uw, time_window_us,
-        max_power_uw) for constraint_0, constraint_1, ..."""
+        must exist.  The counter starts at the fewest raw units showing at
+        least ``energy_uj``.  ``constraints``: (name, power_limit_uw,
+        time_window_us, max_power_uw) for constraint_0, constraint_1, ..."""
+        if unit_nj <= 0:
+            raise ValueError(f"unit_nj must be > 0, got {unit_nj}")
         control_type, *ids = zone.split(":")
         parent = (
             self._control_type(control_type)
@@ -82,33 +118,52 @@ class PowercapTree:
         d.mkdir()
         (d / "name").write_text(name + "\n")
         (d / "enabled").write_text("1\n")
-        (d / "max_energy_range_uj").write_text(f"{max_range_uj}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_range_uj(unit_nj)}\n")
         for i, (cname, limit, window, max_power) in enumerate(constraints):
             (d / f"constraint_{i}_name").write_text(cname + "\n")
             (d / f"constraint_{i}_power_limit_uw").write_text(f"{limit}\n")
             (d / f"constraint_{i}_time_window_us").write_text(f"{window}\n")
             (d / f"constraint_{i}_max_power_uw").write_text(f"{max_power}\n")
-        energy = d / "energy_uj"
-        energy.write_text(f"{energy_uj}\n")
-        os.chmod(energy, 0o400)  # root only, as since Linux 5.10
-        os.symlink(os.path.relpath(d, self.root), self.root / zone)
         self.paths[zone] = d
-        self.energy[zone] = energy_uj
-        self.ranges[zone] = max_range_uj
+        self.units_nj[zone] = unit_nj
+        self.ranges[zone] = max_range_uj(unit_nj)
+        self.set_energy(zone, energy_uj)
+        os.chmod(d / "energy_uj", 0o400)  # root only, as since Linux 5.10
+        os.symlink(os.path.relpath(d, self.root), self.root / zone)
         return d
 
+    def set_raw(self, zone: str, raw: int) -> None:
+        """Set the raw counter; energy_uj is rewritten in place (truncating,
+        same inode), as sysfs shows it."""
+        if not 0 <= raw < MOD32:
+            raise ValueError(f"{zone}: raw {raw} outside 0..{MOD32 - 1}")
+        value = shown_uj(raw, self.units_nj[zone])
+        with open(self.paths[zone] / "energy_uj", "w") as f:
+            f.write(f"{value}\n")
+        self.raw[zone] = raw
+        self.energy[zone] = value
+
     def set_energy(self, zone: str, value_uj: int) -> None:
-        """Write energy_uj in place (truncating, same inode), as sysfs shows it."""
+        """Set the counter to the fewest raw units showing at least
+        ``value_uj`` (shown: ``value_uj`` up to one unit more)."""
         if not 0 <= value_uj <= self.ranges[zone]:
             raise ValueError(f"{zone}: {value_uj} outside 0..{self.ranges[zone]}")
-        with open(self.paths[zone] / "energy_uj", "w") as f:
-            f.write(f"{value_uj}\n")
-        self.energy[zone] = value_uj
+        unit = self.units_nj[zone]
+        self.set_raw(zone, -(-value_uj * 1000 // unit))  # ceil
 
-    def advance(self, zone: str, delta_uj: int) -> None:
-        """Add ``delta_uj``, wrapping like the kernel: modulus max_energy_range_uj + 1."""
-        modulus = self.ranges[zone] + 1
-        self.set_energy(zone, (self.energy[zone] + delta_uj) % modulus)
+    def advance_raw(self, zone: str, units: int) -> float:
+        """Add ``units`` RAPL units modulo 2^32, as the hardware counts;
+        returns the energy added in uJ (``units * unit``, not floored)."""
+        if units < 0:
+            raise ValueError(f"{zone}: units must be >= 0, got {units}")
+        self.set_raw(zone, (self.raw[zone] + units) % MOD32)
+        return units * self.units_nj[zone] / 1000
+
+    def advance(self, zone: str, delta_uj: float) -> float:
+        """Add about ``delta_uj`` microjoules: the nearest whole number of
+        units.  Returns the energy really added in uJ (within half a unit of
+        ``delta_uj``); compare the meter with that."""
+        return self.advance_raw(zone, round(delta_uj * 1000 / self.units_nj[zone]))
 
 
 _PKG_CONSTRAINTS = (
@@ -131,14 +186,14 @@ def client(base: Path, mmio: bool = True) -> PowercapTree:
 
 
 def server(base: Path, packages: int = 2, dram: bool = True) -> PowercapTree:
-    """A multi-socket Xeon: package-N each with a dram subzone (15.3 uJ range)."""
+    """A multi-socket Xeon: package-N each with a dram subzone (15.3 uJ unit)."""
     t = PowercapTree(base)
     for p in range(packages):
         t.add_zone(f"intel-rapl:{p}", f"package-{p}", 10_000_000 * (p + 1),
                    constraints=_PKG_CONSTRAINTS)
         if dram:
             t.add_zone(f"intel-rapl:{p}:0", "dram", 1_000_000 * (p + 1),
-                       max_range_uj=DRAM_RANGE_UJ, constraints=(("long_term", 0, 976, 0),))
+                       unit_nj=DRAM_UNIT_NJ, constraints=(("long_term", 0, 976, 0),))
     return t
 
 
