@@ -48,6 +48,7 @@ def main() -> None:
         ("aimd", run("aimd", seconds)),
         ("pi", run("pi", seconds)),
     ]
+    print(f"powers {runs[0][1].label} (a fake meter: 10 W + 5 W per thread), cap 48 W")
     print(f"{'policy':18s} {'avg W':>6s} {'peak W':>7s} {'over cap':>9s} {'moves':>6s} "
           f"{'reversals':>9s} {'final':>5s}")
     for name, r in runs:

@@ -29,6 +29,7 @@ chattering, and the knob still finds out when the workload gets lighter.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 __all__ = ["POLICIES", "Knob"]
@@ -45,6 +46,15 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _finite(name: str, value: Any, what: str) -> float:
+    """A real number for ``update``: TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
 class Knob:
     """A level in ``[lo, hi]`` on a grid of ``step``, moved to hold a power cap.
 
@@ -53,7 +63,11 @@ class Knob:
     ... def search(s): run(s, threads=threads.value)
 
     Args:
-        lo, hi: the range of the level (``lo <= hi``).
+        lo, hi: the range of the level (``lo <= hi``).  The levels are
+            ``lo, lo + step, ...`` up to the last one ``<= hi``: when
+            ``hi - lo`` is not a multiple of ``step`` the top level is under
+            ``hi`` (``Knob(1, 16, 2)`` tops out at 15), with a warning;
+            ``top`` is the top level and ``levels`` their number.
         step: the grid and the size of one move (> 0).
         start: the first level (default ``hi``: full speed until told otherwise).
         policy: "step", "aimd" or "pi" (see the module's doc).
@@ -62,7 +76,8 @@ class Knob:
         factor: aimd's multiplicative decrease, in (0, 1).
         kp, ki: pi's gains, in spans of the range per unit of relative power
             error (kp) and per unit of error-second (ki).
-        backoff: remember the lowest level seen over the cap (see the module's doc).
+        backoff: remember the lowest level seen over the cap (see the
+            module's doc); a bool.
         max_hold: longest hold below the ceiling, s.
 
     ``value`` is an int when lo, hi and step are ints, else a float.
@@ -106,6 +121,8 @@ class Knob:
         kp_f, ki_f = _number("kp", kp), _number("ki", ki)
         if kp_f < 0 or ki_f < 0:
             raise ValueError(f"kp and ki must be >= 0, got kp={kp!r}, ki={ki!r}")
+        if not isinstance(backoff, bool):
+            raise TypeError(f"backoff must be True or False, not {type(backoff).__name__}")
         max_hold_f = _number("max_hold", max_hold)
         if max_hold_f <= 0:
             raise ValueError(f"max_hold must be a number of seconds > 0, got {max_hold!r}")
@@ -118,6 +135,16 @@ class Knob:
         self.backoff = backoff
         self.max_hold = max_hold_f
         self._levels = int(math.floor((hi_f - lo_f) / step_f + 1e-9))  # top index
+        if (hi_f - lo_f) / step_f - self._levels > 1e-6:  # hi is off the grid
+            n = self._levels + 1
+            shown = [self._level(i) for i in range(min(n, 2))]
+            listed = ", ".join(map(str, shown)) + (f", ..., {self.top}" if n > 2 else "")
+            plural = "s" if n > 1 else ""
+            warnings.warn(
+                f"Knob(lo={lo!r}, hi={hi!r}, step={step!r}): hi - lo is not a multiple of "
+                f"step, so the top level is {self.top}, not {hi!r} ({n} level{plural}: {listed})",
+                stacklevel=2,
+            )
         first = hi_f if start is None else _number("start", start)
         if not lo_f <= first <= hi_f:
             raise ValueError(f"start must be in [lo, hi] = [{lo!r}, {hi!r}], got {start!r}")
@@ -146,6 +173,11 @@ class Knob:
         """How many levels the knob has."""
         return self._levels + 1
 
+    @property
+    def top(self) -> int | float:
+        """The top level: the last ``lo + k * step`` that is ``<= hi``."""
+        return self._level(self._levels)
+
     def set(self, value: float) -> None:
         """Put the knob at the level nearest ``value`` (clamped to [lo, hi])."""
         self._move_to(self._nearest(_number("value", value)), math.nan)
@@ -158,8 +190,23 @@ class Knob:
 
         ``dwell`` is used when the knob's own is None (the loops pass the
         cap's window).  The loops call this; call it yourself to drive a knob
-        from your own measurements.
+        from your own measurements.  ``power`` must be finite and >= 0,
+        ``cap`` finite and > 0, ``now`` finite, ``dwell`` finite and >= 0.
         """
+        power = _finite("power", power, "a finite number of watts >= 0")
+        if power < 0:
+            raise ValueError(f"power must be a finite number of watts >= 0, got {power!r}")
+        cap = _finite("cap", cap, "a finite number of watts > 0")
+        if cap <= 0:
+            raise ValueError(f"cap must be a finite number of watts > 0, got {cap!r}")
+        now = _finite("now", now, "a finite time in seconds (time.monotonic())")
+        dwell = _finite("dwell", dwell, "a finite number of seconds >= 0")
+        if dwell < 0:
+            raise ValueError(f"dwell must be a finite number of seconds >= 0, got {dwell!r}")
+        return self._update(power, cap, now, dwell)
+
+    def _update(self, power: float, cap: float, now: float, dwell: float) -> bool:
+        """``update`` without the checks (the loops' ticks: their own numbers)."""
         wait = self.dwell if self.dwell is not None else dwell
         if now - self._last_move < wait:
             return False
@@ -233,7 +280,7 @@ class Knob:
 
     def __repr__(self) -> str:
         return (
-            f"Knob(value={self.value}, lo={self._level(0)}, hi={self._level(self._levels)}, "
+            f"Knob(value={self.value}, lo={self._level(0)}, hi={self.top}, "
             f"step={self.step:g}, policy={self.policy!r}, band={self.band:g}, "
             f"reversals={self.reversals})"
         )

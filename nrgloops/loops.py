@@ -31,8 +31,8 @@ from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
-from nrgloops.report import PULL_EVERY_S, Recorder, Report, Value
-from nrgloops.sampler import DEFAULT_HISTORY_S, Sampler
+from nrgloops.report import SHORT_LOOP_NOTE, Recorder, Report, Value, ring_history
+from nrgloops.sampler import Sampler
 
 __all__ = [
     "AdaptLoop",
@@ -118,8 +118,9 @@ class _Loop:
         return self._sampler is not None
 
     def _start(self) -> None:
-        history = max(DEFAULT_HISTORY_S, 2.0 * self._window)
-        sampler = Sampler(self._meter, history=history).start()
+        # (the sampler is shared per (meter, period, history): ask no more
+        # history than needed, so that loops share the meter's default ring)
+        sampler = Sampler(self._meter, history=ring_history(self._window)).start()
         try:
             self._slot = sampler.watch(self._window, self._domain)
             self._pub = sampler.published
@@ -195,14 +196,18 @@ class _Loop:
 
     def _on_tick(self, now: float) -> None:
         power = self._pub[self._slot]
+        sampler = self._sampler
+        if power == 0.0 and sampler is not None and sampler.samples < 2:
+            return  # a fresh sampler publishes 0 W until its second row: not a power
         knob = self.knob
         if knob is not None and now - self._t0 >= 0.5 * self._window:
-            # (a fresh sampler's first windows average a few samples only)
-            knob.update(power, self._limit, now, self._window)
+            # (a fresh sampler's first windows average a few samples only;
+            # _update: these numbers are the sampler's, not the user's input)
+            knob._update(power, self._limit, now, self._window)
         rec = self._rec
         assert rec is not None
         rec.mark(now, power, self._value(power))
-        if now - rec.pulled >= PULL_EVERY_S:
+        if now - rec.pulled >= rec.pull_every:
             rec.pull(now)
 
     def _value(self, power: float) -> Value:
@@ -227,17 +232,27 @@ class _Loop:
         # Energy between the sampler's first and last rows of the loop, and
         # the average power over exactly that span (not over the wall-clock
         # duration, which the rows miss by up to a sampler period at each end).
-        energy = self._last[1] - self._first[1]
         span = self._last[0] - self._first[0]
-        avg = energy / span if span > 0 else float(self._pub[self._slot])
-        peak = rec.peak if rec.peak > -math.inf else avg
+        note = ""
+        over = rec.over_fraction()
+        if span > 0:
+            energy = self._last[1] - self._first[1]
+            avg = energy / span
+            peak = rec.peak if rec.peak > -math.inf else avg
+        else:
+            # one row: nothing measured the loop (the published power is
+            # still 0 W before a fresh sampler's second row)
+            energy = avg = peak = math.nan
+            over = None if over is None else math.nan
+            period = self._sampler.period if self._sampler is not None else math.nan
+            note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
         knob = self.knob
         knob_state = None
         if knob is not None:
             knob_state = {
                 "value": knob.value,
                 "lo": knob._level(0),
-                "hi": knob._level(knob.levels - 1),
+                "hi": knob.top,
                 "step": knob.step,
                 "policy": knob.policy,
                 "band": knob.band,
@@ -252,7 +267,7 @@ class _Loop:
             energy_j=energy,
             avg_power_w=avg,
             peak_power_w=peak,
-            over_cap_fraction=rec.over_fraction(),
+            over_cap_fraction=over,
             measured=self._meter.measured,
             meter=self._meter.kind,
             window_s=self._window,
@@ -262,6 +277,7 @@ class _Loop:
             running=running,
             name=self.name,
             timeline=list(rec.points),
+            note=note,
         )
 
     @property

@@ -6,6 +6,10 @@ couple of seconds and at the end (peak power, share of time over the cap),
 and a timeline point is kept at most every ``dt`` seconds; when the timeline
 is full every other point is dropped and ``dt`` doubles, so its memory is
 bounded whatever the loop's length.
+
+A loop that holds fewer than two of the sampler's rows (one shorter than the
+meter's sampling period) has no energy or power figures: they are NaN in
+Python, ``null`` in JSON and "n/a" in text, with the reason in ``note``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nrgloops.sampler import DEFAULT_HISTORY_S
+
 if TYPE_CHECKING:
     from nrgloops.sampler import Sampler
 
-__all__ = ["MAX_TIMELINE_POINTS", "Report"]
+__all__ = ["MAX_TIMELINE_POINTS", "SHORT_LOOP_NOTE", "Report", "ring_history"]
 
 MAX_TIMELINE_POINTS = 1000
-PULL_EVERY_S = 2.0  # the ring holds >= 10 s: pull well before it is overwritten
+PULL_EVERY_S = 2.0  # pull at most this far apart...
+MIN_PULL_S = 0.5  # ...and at least this far apart, so that long windows share the default ring
+SHORT_LOOP_NOTE = "loop shorter than the meter's sampling period"
 
 Value = str | float | int | None
 Point = tuple[float, float, Value]
@@ -32,6 +40,31 @@ _CSV_TAG = "# nrgloops report "
 
 def _fmt_w(w: float | None) -> str:
     return "n/a" if w is None or w != w else f"{w:.3g} W"
+
+
+def ring_history(window: float) -> float:
+    """Seconds of history a loop with this window asks of its sampler.
+
+    Each pull reads the windowed power at the samples since the previous
+    pull, which needs ``window`` seconds of rows before the oldest of them:
+    windows up to ``DEFAULT_HISTORY_S - 2 * MIN_PULL_S`` (9 s) fit the
+    default ring, which every other user of the meter shares; a longer one
+    gets a ring of its own, with room for two pulls.
+    """
+    if window + 2.0 * MIN_PULL_S <= DEFAULT_HISTORY_S:
+        return DEFAULT_HISTORY_S
+    return window + 2.0 * PULL_EVERY_S
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 @dataclass
@@ -44,12 +77,17 @@ class Report:
             ``{"ran": r, "skipped": s, "left": l}`` for the others (``left``
             is None when the items have no length).
         duration_s: time from the loop's start to its end (or to now), s.
-        energy_j: energy used meanwhile, J.
-        avg_power_w: energy_j / duration_s, W.
+        energy_j: energy between the sampler's first and last rows of the
+            loop, J (the rows miss the wall-clock ends by up to one
+            sampler period each).
+        avg_power_w: energy_j over the time between those two rows, W (not
+            energy_j / duration_s, which mixes two different spans).
         peak_power_w: largest windowed average power seen, W.
         over_cap_fraction: share of the loop's time during which the
             windowed power was over the cap (None without a cap).
         measured: False when the meter estimates (then so do these numbers).
+            A fake meter (``nrgloops.testing.FakeMeter``) counts as measured
+            here, but ``label`` says "simulated".
         meter: the meter's kind.
         window_s: the averaging window of the windowed powers, s.
         cap_w: the power cap, W, or None.
@@ -61,6 +99,11 @@ class Report:
             where value is the variant ("adapt"/"alternate"), the knob's
             level, "run"/"skip" (perforate) or the energy so far in J (truncate).
         name: the loop's name (the adapted function's qualified name).
+        note: why figures are missing, or "".
+
+    energy_j, avg_power_w, peak_power_w (and over_cap_fraction under a cap)
+    are NaN when fewer than two sampler rows fall inside the loop (see
+    ``note``): no measurement covers it.
     """
 
     kind: str
@@ -79,10 +122,13 @@ class Report:
     running: bool = False
     name: str = ""
     timeline: list[Point] = field(default_factory=list)
+    note: str = ""
 
     @property
     def label(self) -> str:
-        """"measured" or "estimated"."""
+        """What the numbers are: "measured", "estimated", or "simulated" (a fake meter)."""
+        if self.meter == "fake":
+            return "simulated"
         return "measured" if self.measured else "estimated"
 
     # -- export ------------------------------------------------------------
@@ -93,13 +139,22 @@ class Report:
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+        """Strict JSON: a missing figure (NaN) is ``null``."""
+        return json.dumps(_strict(self.to_dict()), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
         d = dict(d)
         d.pop("label", None)
-        d["timeline"] = [(float(p[0]), float(p[1]), p[2]) for p in d.get("timeline", [])]
+        for key in ("energy_j", "avg_power_w", "peak_power_w"):
+            if d.get(key) is None:  # a missing figure, null in JSON
+                d[key] = math.nan
+        if d.get("over_cap_fraction") is None and d.get("cap_w") is not None:
+            d["over_cap_fraction"] = math.nan
+        d["timeline"] = [
+            (float(p[0]), math.nan if p[1] is None else float(p[1]), p[2])
+            for p in d.get("timeline", [])
+        ]
         return cls(**d)
 
     @classmethod
@@ -112,7 +167,7 @@ class Report:
         summary = self.to_dict()
         del summary["timeline"]
         with open(path, "w", newline="") as f:
-            f.write(_CSV_TAG + json.dumps(summary) + "\n")
+            f.write(_CSV_TAG + json.dumps(_strict(summary), allow_nan=False) + "\n")
             w = csv.writer(f)
             w.writerow(["time_s", "power_w", "value"])
             for t, p, v in self.timeline:
@@ -149,27 +204,30 @@ class Report:
         if self.running:
             head += " (running)"
         its = ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in self.iterations.items())
+        missing = not math.isfinite(self.energy_j)
+        energy = "energy n/a" if missing else f"{self.energy_j:.4g} J {lab}"
         lines = [
-            f"{head}: {self.duration_s:.3f} s, {self.energy_j:.4g} J {lab} "
-            f"({self.meter} meter)",
+            f"{head}: {self.duration_s:.3f} s, {energy} ({self.meter} meter)",
             f"  iterations: {its}",
             f"  power ({lab}): average {_fmt_w(self.avg_power_w)}, peak "
             f"{_fmt_w(self.peak_power_w)} over {self.window_s:g} s windows",
         ]
         if self.cap_w is not None:
             frac = self.over_cap_fraction
-            share = "n/a" if frac is None else f"{100 * frac:.1f}% of the time"
+            ok = frac is not None and math.isfinite(frac)
+            share = f"{100 * frac:.1f}% of the time" if ok else "n/a"  # type: ignore[operator]
             lines.append(f"  cap {self.cap_w:.4g} W: over it {share}")
         if self.budget_j is not None:
-            lines.append(
-                f"  budget {self.budget_j:.4g} J: used {100 * self.energy_j / self.budget_j:.1f}%"
-            )
+            used = "n/a" if missing else f"{100 * self.energy_j / self.budget_j:.1f}%"
+            lines.append(f"  budget {self.budget_j:.4g} J: used {used}")
         if self.knob is not None:
             k = self.knob
             lines.append(
                 f"  knob ({k['policy']}): at {k['value']} in [{k['lo']}, {k['hi']}], "
                 f"{k['moves']} moves, {k['reversals']} reversals"
             )
+        if self.note:
+            lines.append(f"  n/a: {self.note}")
         return "\n".join(lines)
 
 
@@ -200,6 +258,9 @@ class Recorder:
         self.points: list[Point] = []
         self.dt = window / 4.0
         self.last_mark = -math.inf
+        # pull often enough that the samples since the last pull, each with
+        # its window of rows before it, are still in the ring
+        self.pull_every = min(PULL_EVERY_S, max(MIN_PULL_S, (sampler.history - window) / 2.0))
         n = sampler.history / sampler.period
         self._max_series = int(n) + 128
         self._gap = max(10 * sampler.period, 0.05)  # a late sampler thread is not a gap
@@ -236,6 +297,8 @@ class Recorder:
             self.dt *= 2.0
 
     def over_fraction(self) -> float | None:
+        """Share of the covered time over the cap; None without a cap, NaN
+        before any sample was covered."""
         if self.cap == math.inf:
             return None
-        return self.over_s / self.covered_s if self.covered_s > 0 else 0.0
+        return self.over_s / self.covered_s if self.covered_s > 0 else math.nan

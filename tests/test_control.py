@@ -88,8 +88,58 @@ def test_set_snaps_to_the_grid_and_clamps() -> None:
 
 
 def test_hi_off_the_grid_stays_inside_the_range() -> None:
-    k = Knob(0, 10, 3)
-    assert k.value == 9  # the top level on the grid of 3
+    with pytest.warns(UserWarning, match=r"top level is 9, not 10 \(4 levels: 0, 3, \.\.\., 9\)"):
+        k = Knob(0, 10, 3)
+    assert k.value == 9 and k.top == 9 and k.levels == 4  # the top level on the grid of 3
+
+
+def test_the_readme_knob_says_it_tops_out_at_15() -> None:
+    with pytest.warns(UserWarning, match="top level is 15, not 16"):
+        k = Knob(1, 16, 2)
+    assert k.top == k.value == 15 and k.levels == 8
+    assert "hi=15" in repr(k)
+
+
+def test_a_knob_on_the_grid_does_not_warn() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for args in [(2, 16, 2), (0.0, 1.0, 0.01), (0, 1, 0.1), (3, 3, 1), (0.5, 2.0, 0.5)]:
+            assert Knob(*args).top == pytest.approx(args[1])
+
+
+@pytest.mark.parametrize("backoff", ["no", 0, 1, None, "False"])
+def test_backoff_must_be_a_bool(backoff: object) -> None:
+    with pytest.raises(TypeError, match="backoff must be True or False"):
+        Knob(0, 4, 1, backoff=backoff)  # type: ignore[arg-type]
+    assert Knob(0, 4, 1, backoff=False).backoff is False
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((math.nan, 10, 0.0), ValueError, "power must be a finite number of watts >= 0"),
+        ((math.inf, 10, 0.0), ValueError, "power must be"),
+        ((-1, 10, 0.0), ValueError, "power must be a finite number of watts >= 0"),
+        (("x", 5, 0.0), TypeError, "power must be .* not str"),
+        ((True, 5, 0.0), TypeError, "power must be .* not bool"),
+        ((50, -5, 0.0), ValueError, "cap must be a finite number of watts > 0"),
+        ((50, 0, 0.0), ValueError, "cap must be"),
+        ((50, math.nan, 0.0), ValueError, "cap must be"),
+        ((50, None, 0.0), TypeError, "cap must be .* not NoneType"),
+        ((20, 5, math.nan), ValueError, "now must be a finite time"),
+        ((20, 5, math.inf), ValueError, "now must be a finite time"),
+        ((20, 5, "0"), TypeError, "now must be .* not str"),
+        ((20, 5, 0.0, -1.0), ValueError, "dwell must be a finite number of seconds >= 0"),
+        ((20, 5, 0.0, math.nan), ValueError, "dwell must be"),
+    ],
+)
+def test_update_checks_its_arguments(args: tuple[object, ...], error: type, match: str) -> None:
+    k = Knob(0, 4, 1, start=2, dwell=0)
+    with pytest.raises(error, match=match):
+        k.update(*args)  # type: ignore[arg-type]
+    assert k.value == 2 and k.moves == 0  # a refused update moves nothing
 
 
 # -- one step of each policy ---------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,8 @@ from nrgloops._errors import NrgError
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import POLICIES, Knob
 from nrgloops.loops import AdaptedFunction, nrg_adapt, nrg_alternate, perforate, truncate
-from nrgloops.report import Report
+from nrgloops.meters.model import open_model
+from nrgloops.report import MIN_PULL_S, SHORT_LOOP_NOTE, Report, ring_history
 from nrgloops.testing import FakeMeter
 
 
@@ -53,7 +56,7 @@ def test_decorator_holds_the_cap_between_the_two_variants(fake: FakeMeter) -> No
     r = full.report
     assert not r.running
     assert r.avg_power_w == pytest.approx(50.0, rel=0.04)
-    assert r.iterations["adapt"] > 100 and r.iterations["alternate"] > 100
+    assert (r.iterations["adapt"] or 0) > 100 and (r.iterations["alternate"] or 0) > 100
     assert 0.2 < (r.over_cap_fraction or 0) < 0.8
     assert r.peak_power_w >= 50.0
     assert r.duration_s == pytest.approx(1.2, abs=0.1)
@@ -70,7 +73,7 @@ def test_context_manager_holds_the_cap(fake: FakeMeter) -> None:
             spin(0.0002)
     r = loop.report
     assert r.avg_power_w == pytest.approx(50.0, rel=0.04)
-    assert min(r.iterations.values()) > 100  # type: ignore[type-var]
+    assert min(v or 0 for v in r.iterations.values()) > 100
     assert not loop.running
 
 
@@ -90,7 +93,7 @@ def test_return_values_pass_through_and_sugar_registers(fake: FakeMeter) -> None
         assert f(1, 5, 6, 7, c=8, d=9) == (1, 5, (6, 7), 8, {"d": 9})
         assert f(a=4) == (4, 2, (), 3, {})
     assert f.report.iterations == {"adapt": 3, "alternate": 0}
-    assert f.__name__ == "f" and isinstance(f, AdaptedFunction)
+    assert f.__name__ == "f" and isinstance(f, AdaptedFunction)  # type: ignore[attr-defined]
 
 
 def test_alternate_runs_over_the_cap(fake: FakeMeter) -> None:
@@ -116,7 +119,9 @@ def test_alternate_runs_over_the_cap(fake: FakeMeter) -> None:
     [len, sorted, list, lambda *a, **k: (a, k), type("C", (), {"__call__": lambda s, x: x})()],
 )
 def test_any_callable_can_be_adapted(fake: FakeMeter, body: object) -> None:
-    f = nrg_adapt(PowerCap(1e6, meter=fake), knob=Knob(0, 1, 1))(body)  # type: ignore[type-var]
+    f: AdaptedFunction[Any] = nrg_adapt(PowerCap(1e6, meter=fake), knob=Knob(0, 1, 1))(
+        body  # type: ignore[arg-type]
+    )
     with f:
         assert f([3, 1]) == body([3, 1])  # type: ignore[operator]
 
@@ -221,7 +226,8 @@ def test_report_is_consistent_when_the_body_raises(fake: FakeMeter) -> None:
     r = f.report
     assert not r.running and not f.running
     assert sum(r.iterations.values()) == calls == 4  # type: ignore[arg-type]
-    assert r.duration_s > 0 and r.energy_j >= 0
+    # (a loop this short may hold one sampler row only: then no energy figure)
+    assert r.duration_s > 0 and (r.energy_j >= 0 or (math.isnan(r.energy_j) and r.note))
 
 
 def test_context_manager_report_when_the_body_raises(fake: FakeMeter) -> None:
@@ -272,7 +278,11 @@ def run_knob(fake: FakeMeter, knob: Knob, cap_w: float, seconds: float, window: 
 def share_at_or_below(report: Report, level: int, after: float) -> float:
     """Share of the time after `after` s that the knob spent at <= level."""
     pts = [(t, v) for t, _, v in report.timeline if t >= after]
-    at = sum(t1 - t0 for (t0, v), (t1, _) in zip(pts, pts[1:], strict=False) if v <= level)  # type: ignore[operator]
+    at = sum(
+        t1 - t0
+        for (t0, v), (t1, _) in zip(pts, pts[1:], strict=False)
+        if isinstance(v, (int, float)) and v <= level
+    )
     return at / (pts[-1][0] - pts[0][0])
 
 
@@ -457,12 +467,27 @@ def test_nested_loops_have_their_own_reports(fake: FakeMeter) -> None:
     assert outer.report.duration_s > inner.report.duration_s
 
 
-def test_estimated_meter_is_labelled(fake: FakeMeter) -> None:
-    est = FakeMeter(10.0, measured=False)
+def test_estimated_meter_is_labelled() -> None:
+    est = open_model()  # the estimate used where there is no energy counter
     with nrg_adapt(PowerCap(45, meter=est)) as loop:
         loop.step()
+        time.sleep(0.05)  # a few of its 10 ms rows
     r = loop.report
-    assert not r.measured and "estimated" in str(r) and "measured" not in str(r)
+    assert not r.measured and r.label == "estimated"
+    assert "estimated" in str(r) and "measured" not in str(r)
+
+
+def test_a_fake_meter_is_labelled_simulated_not_measured(fake: FakeMeter) -> None:
+    for meter in (fake, FakeMeter(10.0, measured=False)):
+        with nrg_adapt(PowerCap(45, meter=meter)) as loop:
+            loop.step()
+            time.sleep(0.01)
+        r = loop.report
+        assert r.label == "simulated" and r.measured is meter.measured
+        text = str(r)
+        assert "simulated" in text and "measured" not in text and "estimated" not in text
+        d = json.loads(r.to_json())
+        assert d["label"] == "simulated" and d["measured"] is meter.measured
 
 
 def test_calls_refused_before_the_start_do_not_count(fake: FakeMeter) -> None:
@@ -510,3 +535,88 @@ def test_parameters_named_like_the_internals_still_work(fake: FakeMeter) -> None
     f.alternate(body)
     with f:
         assert f(1) == 7 and f(1, 2, _nrg_self_nrg=3, B_nrg=4) == 10
+
+
+# -- figures of a loop shorter than one sampler period ------------------------------------
+def _reject(constant: str) -> None:
+    raise AssertionError(f"not strict JSON: {constant}")
+
+
+def slow_meter() -> FakeMeter:
+    """A fake meter sampled once a second: a loop of a few microseconds holds
+    one sampler row only (the one taken when its sampler started)."""
+    meter = FakeMeter(40.0)
+    meter.default_period = 1.0
+    return meter
+
+
+def check_no_figures(r: Report, cap: bool) -> None:
+    assert math.isnan(r.energy_j) and math.isnan(r.avg_power_w) and math.isnan(r.peak_power_w)
+    if cap:
+        assert r.over_cap_fraction is not None and math.isnan(r.over_cap_fraction)
+    assert SHORT_LOOP_NOTE in r.note and "1 s" in r.note
+    assert r.timeline == []  # no 0 W points from before the sampler's second row
+    text = str(r)
+    assert "n/a" in text and SHORT_LOOP_NOTE in text, text
+    assert " J " not in text.splitlines()[0] and "0 W" not in text, text
+    d = json.loads(r.to_json(), parse_constant=_reject)  # strict JSON: null, not NaN
+    assert d["energy_j"] is None and d["avg_power_w"] is None and d["peak_power_w"] is None
+    back = Report.from_json(r.to_json())
+    assert math.isnan(back.energy_j) and math.isnan(back.avg_power_w)
+    assert back.note == r.note and back.iterations == r.iterations
+    if cap:
+        assert back.over_cap_fraction is not None and math.isnan(back.over_cap_fraction)
+
+
+def test_a_loop_shorter_than_one_sampler_period_reports_no_figures() -> None:
+    with nrg_adapt(PowerCap(45, meter=slow_meter())) as loop:
+        for _ in range(100):
+            loop.step()
+        check_no_figures(loop.report, cap=True)  # the snapshot
+    r = loop.report
+    assert not r.running and r.iterations == {"adapt": 100, "alternate": 0}
+    check_no_figures(r, cap=True)
+
+
+def test_a_short_adapted_function_and_truncate_report_no_figures() -> None:
+    meter = slow_meter()
+    f = nrg_adapt(PowerCap(45, meter=meter))(lambda: 1)
+    f.alternate(lambda: 0)
+    try:
+        for _ in range(10):
+            f()
+        check_no_figures(f.report, cap=True)
+    finally:
+        f.close()
+    check_no_figures(f.report, cap=True)
+    t = truncate(range(5), EnergyBudget(100, meter=meter))
+    assert list(t) == list(range(5))
+    check_no_figures(t.report, cap=False)
+    assert t.report.over_cap_fraction is None
+    assert "used n/a" in str(t.report)
+
+
+# -- the sampler a loop starts -------------------------------------------------------------
+@pytest.mark.parametrize("window", [6.0, 9.0])
+def test_a_window_up_to_9_s_shares_the_meters_default_sampler(
+    fake: FakeMeter, window: float
+) -> None:
+    cap = PowerCap(45, window=window, meter=fake)
+    # (the first: the application's own sampler on the meter)
+    with sampler_mod.Sampler(fake), nrg_adapt(cap) as loop:
+        loop.step()
+        mine = [key for key in sampler_mod._cores if key[0] == id(fake)]
+        assert len(mine) == 1, mine  # one C thread on the meter, not two
+        assert loop._rec is not None and loop._rec.pull_every >= MIN_PULL_S
+        time.sleep(0.01)
+    assert loop.report.iterations == {"adapt": 1, "alternate": 0}
+
+
+def test_a_longer_window_gets_a_ring_that_holds_it(fake: FakeMeter) -> None:
+    assert ring_history(9.0) == sampler_mod.DEFAULT_HISTORY_S
+    assert ring_history(12.0) >= 12.0 + 2 * MIN_PULL_S
+    with nrg_adapt(PowerCap(45, window=12.0, meter=fake)) as loop:
+        loop.step()
+        time.sleep(0.01)
+        assert loop._sampler is not None and loop._sampler.history >= 12.0
+    assert loop.report.avg_power_w == pytest.approx(40.0, rel=0.05)

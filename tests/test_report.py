@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -101,8 +102,50 @@ def test_str_carries_units_and_measured_or_estimated(fake: FakeMeter) -> None:
     for piece in ("1.500 s", "60.25 J", "55 W", "cap 45 W", "12.5% of the time", "adapt 3",
                   "alternate 1", "knob (pi)", "1 reversals"):
         assert piece in s, (piece, s)
-    m = str(adapted_report(fake))
-    assert "measured" in m and "estimated" not in m
+    m = str(dataclasses.replace(synthetic(), measured=True, meter="msr"))
+    assert "measured" in m and "estimated" not in m and "simulated" not in m
+
+
+def test_a_fake_meter_report_says_simulated(fake: FakeMeter) -> None:
+    r = adapted_report(fake)
+    assert r.measured is True and r.meter == "fake" and r.label == "simulated"
+    s = str(r)
+    assert "J simulated" in s and "power (simulated)" in s and "measured" not in s
+    d = json.loads(r.to_json())
+    assert d["measured"] is True and d["label"] == "simulated"
+
+
+def test_missing_figures_are_null_in_json_and_csv_and_n_a_in_text(tmp_path: Path) -> None:
+    def reject(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    r = dataclasses.replace(
+        synthetic(), energy_j=math.nan, avg_power_w=math.nan, peak_power_w=math.nan,
+        over_cap_fraction=math.nan, budget_j=10.0, note="loop shorter than the meter's "
+        "sampling period (0.01 s)",
+    )
+    d = json.loads(r.to_json(), parse_constant=reject)
+    assert d["energy_j"] is None and d["over_cap_fraction"] is None and d["note"] == r.note
+    back = Report.from_json(r.to_json())
+    assert math.isnan(back.energy_j) and math.isnan(back.peak_power_w)
+    assert back.over_cap_fraction is not None and math.isnan(back.over_cap_fraction)
+    path = tmp_path / "r.csv"
+    r.to_csv(path)
+    json.loads(path.read_text().splitlines()[0][len("# nrgloops report "):], parse_constant=reject)
+    assert math.isnan(Report.from_csv(path).avg_power_w)
+    s = str(r)
+    assert "energy n/a" in s and "average n/a, peak n/a" in s and "over it n/a" in s
+    assert "used n/a" in s and "n/a: loop shorter than the meter's sampling period" in s
+    assert "nan" not in s.lower()
+    # without a cap, a null over_cap_fraction stays None
+    nocap = dataclasses.replace(r, cap_w=None, over_cap_fraction=None)
+    assert Report.from_json(nocap.to_json()).over_cap_fraction is None
+
+
+def test_the_docstring_says_what_avg_power_is() -> None:
+    doc = Report.__doc__ or ""
+    assert "energy_j / duration_s, W." not in doc
+    assert "energy_j over the time between those two rows" in doc
 
 
 def test_str_of_truncate_and_perforate(fake: FakeMeter) -> None:
