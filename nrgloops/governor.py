@@ -29,8 +29,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import math
+import numbers
+import operator
 import os
 import pickle
 import re
@@ -47,7 +50,7 @@ from typing import Any, TypeVar
 
 from nrgloops._errors import NrgError
 from nrgloops.bench.search import cpu_count
-from nrgloops.sampler import Sampler
+from nrgloops.sampler import Sampler, _halt_all_in_child
 
 __all__ = [
     "CgroupGovernor",
@@ -91,6 +94,19 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
+def _set_handlers(pairs: list[tuple[int, Any]]) -> None:
+    """Install each (signal, handler); each in a ``finally`` of the one
+    before, so that a handler raising as soon as it is back (a Ctrl-C
+    arriving now) cannot leave the others unrestored."""
+    if not pairs:
+        return
+    sig, handler = pairs[0]
+    try:
+        signal.signal(sig, handler)
+    finally:
+        _set_handlers(pairs[1:])
+
+
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """While inside, SIGTERM and SIGHUP raise ``Terminated`` in the main thread
@@ -111,27 +127,84 @@ def signals_raise() -> Iterator[None]:
                 saved.append((sig, signal.signal(sig, _raise_terminated)))
         yield
     finally:
-        for sig, old in saved:
-            signal.signal(sig, old)
+        _set_handlers(saved)
 
 
-_DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Handlers whose only effect is an exception in the main thread: redundant
+# while the main thread is already unwinding with one.
+_RAISING: tuple[Any, ...] = (signal.default_int_handler, _raise_terminated)
 
 
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+class _signals_deferred:  # noqa: N801 - used like the function it replaced
     """Hold SIGINT/SIGTERM/SIGHUP across a change and its bookkeeping, or
     across a restore, so that a signal (a second Ctrl-C) cannot cut either
-    in half; they are delivered when the block ends."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
-    except (AttributeError, OSError, ValueError):  # pragma: no cover
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    in half; they are delivered again when the block ends.
+
+    Masking the signals (``pthread_sigmask``) is not enough: the mask is per
+    thread, and the kernel then hands a process-directed signal to another
+    thread (a worker, a C thread), after which CPython runs the Python
+    handler in the main thread anyway, mid-block.  So for the block's length
+    the Python handlers are swapped for ones that only record the signal; the
+    old ones come back and the recorded signals are raised again after it.
+    If the block itself raises, a recorded signal whose handler would only
+    raise too (KeyboardInterrupt, ``Terminated``) is dropped: the main thread
+    is already unwinding, and replacing the exception would hide it (a
+    failed restore).  Signals set to be ignored, or whose handler was not
+    installed from Python, are left as they are.  Nested blocks are one
+    block; outside the main thread (where Python handlers never run) it does
+    nothing.
+    """
+
+    _depth = 0  # touched by the main thread only
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[int, Any]] = []
+        self._pending: list[int] = []
+        self._active = False
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if signum not in self._pending:  # pending signals coalesce, as in the kernel
+            self._pending.append(signum)
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        cls = type(self)
+        cls._depth += 1
+        self._active = True
+        if cls._depth > 1:
+            return  # the outer block holds them
+        try:
+            for sig in _DEFERRED:
+                old = signal.getsignal(sig)
+                if old is None or old is signal.SIG_IGN:
+                    continue
+                # Saved before it is swapped: a signal between the two runs the
+                # old handler, before the block has begun.
+                self._saved.append((sig, old))
+                signal.signal(sig, self._record)
+        except BaseException as exc:
+            # A signal raised before all were swapped: put back those that were.
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if not self._active:
+            return
+        cls = type(self)
+        cls._depth -= 1
+        if cls._depth > 0:
+            return
+        saved, self._saved = self._saved, []
+        try:
+            _set_handlers(saved)
+        finally:
+            old = dict(saved)
+            for sig in self._pending:
+                if kind is not None and old.get(sig) in _RAISING:
+                    continue
+                signal.raise_signal(sig)  # runs the restored handler here
 
 
 # ---------------------------------------------------------------------------
@@ -189,11 +262,19 @@ class Journal:
             key = self._next
             self._next += 1
             self._entries[key] = entry
-            self._flush()
+            try:
+                self._flush()
+            except NrgError:
+                del self._entries[key]  # not on disk: the change must not be made
+                raise
             return key
 
     def drop(self, key: int) -> None:
-        """The change was undone: forget it."""
+        """The change was undone: forget it.
+
+        Raises NrgError if the file cannot be written; the key is forgotten
+        anyway (the file may then list a change already undone).
+        """
         with self._lock:
             if self._entries.pop(key, None) is not None:
                 self._flush()
@@ -236,6 +317,53 @@ class RestoreResult:
     undone: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+def _undo_held(
+    what: str, steps: list[tuple[str, Callable[[], None], int]], journal: Journal
+) -> None:
+    """Undo every change a run holds, then forget the undone ones in the journal.
+
+    ``steps`` are (what was restored, how, journal key), latest change first.
+    Every step runs even when one before it failed; the journal is written
+    only after all of them, so that a journal that cannot be written (a full
+    disk) cannot leave a limit changed.  Raises NrgError saying what was
+    restored, what was not, and whether the journal is stale.
+    """
+    done: list[tuple[str, int]] = []
+    failed: list[str] = []
+    for label, undo, key in steps:
+        try:
+            undo()
+        except Exception as exc:  # noqa: BLE001 - every other step still runs
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            failed.append(f"{label}: {why}")
+        else:
+            done.append((label, key))
+    stale: BaseException | None = None
+    for _, key in done:
+        try:
+            journal.drop(key)
+        except (OSError, NrgError) as exc:
+            stale = exc
+    if not failed and stale is None:
+        return
+    parts = []
+    if failed:
+        parts.append(
+            "could not undo " + "; ".join(failed)
+            + f" (the journal {journal.path} keeps what was not undone: run "
+            "`nrgloops governor restore`)"
+        )
+    if done:
+        parts.append("undone: " + ", ".join(label for label, _ in done))
+    if stale is not None:
+        parts.append(
+            f"but the journal {journal.path} could not be updated ({stale}): it may be "
+            "stale, still listing changes already undone, which `nrgloops governor "
+            "restore` would undo again (writing the same original values)"
+        )
+    raise NrgError(f"{what}: " + "; ".join(parts))
 
 
 def _undo(entry: dict[str, Any]) -> str:
@@ -283,18 +411,30 @@ def restore(
                 "(--force to undo them anyway)"
             )
             continue
-        left: list[dict[str, Any]] = []
-        for entry in reversed(changes):  # undo in the opposite order
+        # Signals held per journal: a Ctrl-C cannot leave one half undone
+        # with its file still listing what was undone.
+        with _signals_deferred():
+            left: list[dict[str, Any]] = []
+            for entry in reversed(changes):  # undo in the opposite order
+                try:
+                    out.undone.append(_undo(entry))
+                except OSError as exc:
+                    out.errors.append(f"{entry.get('path')}: {exc.strerror or exc}")
+                    left.insert(0, entry)
             try:
-                out.undone.append(_undo(entry))
+                if left:
+                    doc["changes"] = left
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+                    os.replace(tmp, path)
+                else:
+                    path.unlink()
             except OSError as exc:
-                out.errors.append(f"{entry.get('path')}: {exc.strerror or exc}")
-                left.insert(0, entry)
-        if left:
-            doc["changes"] = left
-            path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        else:
-            path.unlink()
+                out.errors.append(
+                    f"{path}: could not be updated ({exc.strerror or exc}): it is stale, still "
+                    "listing changes undone above, which a later restore would undo again "
+                    "(writing the same original values)"
+                )
     return out
 
 
@@ -345,12 +485,39 @@ class Governor:
         raise NotImplementedError
 
 
+def _number(
+    name: str, value: Any, unit: str = "", *, zero: bool = False, top: float | None = None
+) -> float:
+    """``value`` as a float, checked: finite, > 0 (>= 0 with ``zero``), <= ``top``."""
+    of = f" of {unit}" if unit else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number{of}, not {type(value).__name__}")
+    v = float(value)
+    low_ok = v >= 0 if zero else v > 0
+    if not (math.isfinite(v) and low_ok and (top is None or v <= top)):
+        span = ("[0, " if zero else "(0, ") + (f"{top:g}]" if top is not None else "inf)")
+        raise ValueError(f"{name} must be a finite number{of} in {span}, got {value!r}")
+    return v
+
+
+def _integer(name: str, value: Any, unit: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high] (any integer type; not bool, not float)."""
+    of = f" of {unit}" if unit else ""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an int{of} in [{low}, {high}], not {type(value).__name__}"
+        ) from None
+    if not low <= v <= high:
+        raise ValueError(f"{name} must be an int{of} in [{low}, {high}], got {v}")
+    return v
+
+
 def _cap(cap_w: Any) -> float:
-    if isinstance(cap_w, bool) or not isinstance(cap_w, (int, float)):
-        raise TypeError(f"cap_w must be a number of watts, not {type(cap_w).__name__}")
-    if not math.isfinite(cap_w) or cap_w <= 0:
-        raise ValueError(f"cap_w must be a finite number of watts > 0, got {cap_w!r}")
-    return float(cap_w)
+    return _number("cap_w", cap_w, "watts")
 
 
 @dataclass
@@ -445,18 +612,15 @@ class PowercapGovernor(Governor):
                     self._hold(z.limit, str(per_zone_uw), journal, held)
                 yield [(z.limit, per_zone_uw) for z in zones]
         finally:
-            errors = []
+            # Signals held: a second Ctrl-C cannot stop the restore half way.
             with _signals_deferred():
-                for path, old, key in reversed(held):
-                    try:
-                        _write_text(path, old)
-                        journal.drop(key)
-                    except OSError as exc:
-                        errors.append(f"{path}: {exc.strerror}")
-            if errors:
-                raise NrgError(
-                    "powercap governor: could not restore " + "; ".join(errors)
-                    + f"; the journal {journal.path} keeps them: run `nrgloops governor restore`"
+                _undo_held(
+                    "powercap governor",
+                    [
+                        (f"{path} (back to {old})", functools.partial(_write_text, path, old), key)
+                        for path, old, key in reversed(held)
+                    ],
+                    journal,
                 )
 
     @staticmethod
@@ -476,7 +640,10 @@ class PowercapGovernor(Governor):
             try:
                 _write_text(path, value)
             except OSError as exc:
-                journal.drop(key)
+                # Not changed.  If the journal cannot forget it, the entry left
+                # restores the value the file still holds: harmless.
+                with contextlib.suppress(NrgError):
+                    journal.drop(key)
                 err = exc
             else:
                 held.append((path, old, key))
@@ -589,6 +756,11 @@ def _rmdir_retry(path: Path) -> None:
     os.rmdir(path)
 
 
+def _remove_cgroup(group: Path) -> None:
+    _empty_cgroup(str(group))
+    _rmdir_retry(group)
+
+
 def _set_pdeathsig() -> None:
     # The child dies with its parent (even a SIGKILLed one): no uncapped
     # workload left running.  Best effort: Linux only.
@@ -641,16 +813,25 @@ class CgroupGovernor(Governor):
         cgroup: tuple[int, str | os.PathLike[str]] | None = None,
         journal: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not 1000 <= period_us <= 1_000_000:
-            raise ValueError(f"period_us must be in [1000, 1000000] µs, got {period_us}")
-        if not 0 < gain <= 1:
-            raise ValueError(f"gain must be in (0, 1], got {gain}")
-        self.period_us = int(period_us)
-        self.control_period = control_period
-        self.gain = gain
-        self.watts_per_cpu = watts_per_cpu
-        self.idle_w = idle_w
-        self._where = (cgroup[0], Path(cgroup[1])) if cgroup is not None else None
+        # [1 ms, 1 s]: the CFS period range the kernel accepts.
+        self.period_us = _integer("period_us", period_us, "µs", 1000, 1_000_000)
+        self.control_period = (
+            None if control_period is None
+            else _number("control_period", control_period, "seconds")
+        )
+        self.gain = _number("gain", gain, top=1.0)
+        self.watts_per_cpu = (
+            None if watts_per_cpu is None else _number("watts_per_cpu", watts_per_cpu, "watts")
+        )
+        self.idle_w = None if idle_w is None else _number("idle_w", idle_w, "watts", zero=True)
+        self._where: tuple[int, Path] | None = None
+        if cgroup is not None:
+            spec: Any = cgroup
+            if not (isinstance(spec, tuple) and len(spec) == 2) or spec[0] not in (1, 2):
+                raise ValueError(
+                    f"cgroup must be (version 1 or 2, parent directory), got {cgroup!r}"
+                )
+            self._where = (_integer("cgroup version", spec[0], "", 1, 2), Path(spec[1]))
         self.journal_dir = journal
         self.cpus = cpu_count()
         self.trace = CgroupTrace()
@@ -722,7 +903,8 @@ class CgroupGovernor(Governor):
                     try:
                         _write_text(sub, "+cpu")
                     except OSError as exc:
-                        journal.drop(sub_key)
+                        with contextlib.suppress(NrgError):  # a stale entry is harmless
+                            journal.drop(sub_key)
                         sub_key = None
                         raise GovernorUnavailable(
                             f"cgroup governor: enabling the cpu controller in {sub}: "
@@ -732,7 +914,8 @@ class CgroupGovernor(Governor):
                 try:
                     os.mkdir(group)
                 except OSError as exc:
-                    journal.drop(key)
+                    with contextlib.suppress(NrgError):  # a stale entry is harmless
+                        journal.drop(key)
                     key = None
                     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                         raise GovernorUnavailable(
@@ -745,27 +928,31 @@ class CgroupGovernor(Governor):
                 _write_text(group / "cpu.cfs_period_us", str(self.period_us))
             yield version, group
         finally:
+            # Signals held: a second Ctrl-C cannot stop the undo half way.
             with _signals_deferred():
-                try:
-                    if key is not None:
-                        _empty_cgroup(str(group))
-                        _rmdir_retry(group)
-                        journal.drop(key)
-                    if sub_key is not None:
-                        _write_text(sub, "-cpu")
-                        journal.drop(sub_key)
-                except OSError as exc:
-                    raise NrgError(
-                        f"cgroup governor: could not undo {group if key is not None else sub}: "
-                        f"{exc.strerror}; the journal {journal.path} keeps it: run "
-                        "`nrgloops governor restore`"
-                    ) from exc
+                steps: list[tuple[str, Callable[[], None], int]] = []
+                if key is not None:
+                    steps.append(
+                        (f"cgroup {group} (removed)", functools.partial(_remove_cgroup, group), key)
+                    )
+                if sub_key is not None:
+                    steps.append(
+                        (
+                            f"cpu controller in {sub} (disabled again)",
+                            functools.partial(_write_text, sub, "-cpu"),
+                            sub_key,
+                        )
+                    )
+                _undo_held("cgroup governor", steps, journal)
 
     # -- the child ---------------------------------------------------------
     @staticmethod
     def _child(go_r: int, res_w: int, workload: Callable[[], Any]) -> None:
         status = 0
         try:
+            # fork() started the parent's sampler threads again in this
+            # process: stop them, or the workload's CPU quota pays for them.
+            _halt_all_in_child()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
             _set_pdeathsig()
@@ -797,6 +984,7 @@ class CgroupGovernor(Governor):
         this process (make thread pools inside it).
         """
         cap = _cap(cap_w)
+        window = _number("window", window, "seconds")
         dt = self.control_period or max(window, 2 * self.period_us / 1e6)
         journal = Journal(self.journal_dir)
         self.trace = trace = CgroupTrace()
@@ -842,13 +1030,14 @@ class CgroupGovernor(Governor):
                 os.waitpid(pid, 0)
                 reaped = True
             finally:
-                os.close(go_w)
-                os.close(res_r)
-                if not reaped:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, 0)
+                with _signals_deferred():  # a second Ctrl-C cannot leave the child running
+                    os.close(go_w)
+                    os.close(res_r)
+                    if not reaped:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(pid, 0)
         if not body:
             raise NrgError("cgroup governor: the workload's process died without a result")
         status, value = pickle.loads(body)
@@ -888,6 +1077,10 @@ def open_governor(
     here raises GovernorUnavailable; ``"none"`` returns None.
     ``cgroup_options`` go to CgroupGovernor (e.g. ``watts_per_cpu``).
     """
+    if not isinstance(kind, str):
+        raise TypeError(
+            f"governor must be one of {', '.join(GOVERNORS)} (a str), not {type(kind).__name__}"
+        )
     if kind not in GOVERNORS:
         raise ValueError(f"governor must be one of {', '.join(GOVERNORS)}, got {kind!r}")
     if kind == "none":
