@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -147,28 +148,42 @@ def test_thread_stops_on_exception() -> None:
     assert _settled_threads(before) == before and not sampler._cores
 
 
+def _in_child(check: Callable[[], bool]) -> bool:
+    """Run ``check`` in a forked child and return its verdict."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    result = os.read(r, 1)
+    os.waitpid(pid, 0)
+    os.close(r)
+    return result == b"1"
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def test_forked_child_gets_its_own_sampler_thread() -> None:
     f = FakeMeter(watts=25.0)
     with Sampler(f, period=0.001) as s:
         time.sleep(0.05)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: the parent's thread does not exist here
-            try:
-                n0 = s.samples
-                f.watts = 75.0
-                time.sleep(0.2)
-                ok = s.samples > n0 + 50 and abs(s.power(0.1) - 75.0) < 3.0
-                os.write(w, b"1" if ok else b"0")
-            finally:
-                os._exit(0)
-        os.close(w)
-        result = os.read(r, 1)
-        os.waitpid(pid, 0)
-        os.close(r)
+
+        def child() -> bool:  # the parent's thread does not exist here
+            n0 = s.samples
+            f.watts = 75.0
+            time.sleep(0.2)
+            return s.samples > n0 + 50 and abs(s.power(0.1) - 75.0) < 3.0
+
+        assert _in_child(child)
         time.sleep(0.05)
         assert s.power(0.1) == pytest.approx(25.0, rel=0.05)  # the parent is untouched
-    assert result == b"1"
 
 
 def test_sampler_thread_takes_no_signal() -> None:
@@ -217,21 +232,10 @@ def test_process_model_keeps_counting_in_a_forked_child() -> None:
 
     m = open_model(idle_watts=0.0, watts_per_core=10.0, scope="process")
     with Sampler(m, period=0.005) as s:
-        end = time.monotonic() + 0.3
-        while time.monotonic() < end:  # the parent has used CPU time before the fork
-            pass
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                end = time.monotonic() + 0.3
-                while time.monotonic() < end:  # one busy core: ~10 W
-                    pass
-                os.write(w, b"1" if s.power(0.2) > 5.0 else b"0")
-            finally:
-                os._exit(0)
-        os.close(w)
-        result = os.read(r, 1)
-        os.waitpid(pid, 0)
-        os.close(r)
-    assert result == b"1"
+        _spin(0.3)  # the parent has used CPU time before the fork
+
+        def child() -> bool:
+            _spin(0.3)  # one busy core: ~10 W
+            return s.power(0.2) > 5.0
+
+        assert _in_child(child)
