@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(HERE.parent))  # tests.fakes, when run from a checkout
 
 from nrgloops import Sampler  # noqa: E402
 from nrgloops._ffi import ffi, lib  # noqa: E402
+from nrgloops.bench.machine import machine_info, machine_line  # noqa: E402
 from nrgloops.meters.msr import open_msr  # noqa: E402
 from nrgloops.meters.powercap import open_powercap  # noqa: E402
 from nrgloops.testing import FakeMeter  # noqa: E402
@@ -70,30 +70,7 @@ def per_stmt_ns(stmt: str, env: dict[str, Any], n: int, repeats: int = 25) -> fl
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    virt = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            if " hypervisor" in f.read():
-                virt = " (virtual machine)"
-    except OSError:
-        pass
-    return {
-        "cpu": model + virt,
-        "cores": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "tmpfs": "/dev/shm",
-        "load_average_1min": os.getloadavg()[0],
-    }
+    return {**machine_info(), "tmpfs": "/dev/shm", "load_average_1min": os.getloadavg()[0]}
 
 
 def raw_c_read(meter: Any, n: int) -> tuple[float, float]:
@@ -213,8 +190,8 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     m = results["machine"]
     rows = results["rows_ns"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
-          f"Python {m['python']}; fake trees in {m['tmpfs']}; 2 counters per reading; "
+    print(f"machine: {machine_line(m)}, Linux {m['kernel']}; fake trees in {m['tmpfs']}; "
+          "2 counters per reading; "
           f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}")
     print("times: best of 25 runs of a loop of calls (as timeit), ns per call")
     print(f"\n{'one reading (package-0 + dram-0)':58s} {'ns':>9s}")
@@ -262,7 +239,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("ns per call (log scale)")
     m = results["machine"]
     ax.set_title(f"Cost of one reading (2 counters, fake trees in tmpfs)\n"
-                 f"{m['cpu']}, {m['cores']} cores, Python {m['python']}", fontsize=10)
+                 f"{machine_line(m)}", fontsize=10)
     for i, k in enumerate(names):
         ax.text(rows[k], i, f" {rows[k]:.0f} ns", va="center", fontsize=8)
     fig.tight_layout()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import sys
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import nrgloops
 from nrgloops import EnergyBudget, Knob, PowerCap, nrg_adapt, perforate, truncate
+from nrgloops.bench.machine import machine_line
 from nrgloops.loops import AdaptedFunction
 
 TARGET_NS = 300.0
@@ -106,17 +105,7 @@ def make_cases(meter: str) -> tuple[dict[str, Case], list[AdaptedFunction[int]]]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    py = platform.python_version()
-    return f"{socket.gethostname()} ({cpu}, {os.cpu_count()} CPUs, Python {py})"
+    return machine_line()
 
 
 def main() -> int:
