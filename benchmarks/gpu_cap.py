@@ -161,6 +161,8 @@ def _fake_nvml(tmp: Path) -> tuple[Any, str]:
             "-fPIC",
             "-O1",
             "-std=gnu11",
+            "-I",
+            str(ROOT / "csrc"),  # nvml_api.h: the meter's own NVML types
             "-o",
             str(so),
             str(ROOT / "tests" / "fakes" / "fake_nvml.c"),
@@ -499,22 +501,29 @@ def main(argv: list[str] | None = None) -> int:
     short_settle = min(args.settle, args.baseline_seconds / 2)
     window = max(args.window, 3 * meter.resolution_s)
 
-    # 2. uncapped
-    record(
-        "uncapped",
-        None,
-        lambda: svc.run_stream(
+    def full_alone(
+        mode: str,
+        cap_w: float | None = None,
+        duty: tuple[float, float, float] | None = None,
+    ) -> svc.StreamResult:
+        """The full model alone for the baseline time (uncapped, or duty-cycled
+        to a cap: ``duty`` as svc.run_stream takes it)."""
+        return svc.run_stream(
             engine,
             svc.only(engine, "full"),
-            mode="uncapped",
+            mode=mode,
             rate=rate,
             seconds=args.baseline_seconds,
             deadline_s=deadline,
             meter=meter,
             extra_meter=extra_meter,
+            cap_w=cap_w,
             settle_s=short_settle,
-        ),
-    )
+            duty=duty,
+        )
+
+    # 2. uncapped
+    record("uncapped", None, lambda: full_alone("uncapped"))
 
     # 3. per cap: the nrg-loop and the duty-cycled full model
     span = cal["busy"] - cal["idle"]
@@ -537,18 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         res = record(
             "duty-cycle",
             cap_w,
-            lambda cap_w=cap_w, on=on: svc.run_stream(
-                engine,
-                svc.only(engine, "full"),
-                mode="duty-cycle",
-                rate=rate,
-                seconds=args.baseline_seconds,
-                deadline_s=deadline,
-                meter=meter,
-                extra_meter=extra_meter,
-                cap_w=cap_w,
-                settle_s=short_settle,
-                duty=(on, args.duty_period, cal["busy_batch_s"]),
+            lambda cap_w=cap_w, on=on: full_alone(
+                "duty-cycle", cap_w, duty=(on, args.duty_period, cal["busy_batch_s"])
             ),
         )
         if res is not None:

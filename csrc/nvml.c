@@ -25,61 +25,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "nvml_api.h"
 #include "source_internal.h"
-
-/* ---- the part of nvml.h we use (layouts checked against NVIDIA's header) */
-
-typedef int nvmlReturn_t;
-typedef struct nvmlDevice_st *nvmlDevice_t;
-
-enum {
-    NVML_SUCCESS = 0,
-    NVML_ERROR_UNINITIALIZED = 1,
-    NVML_ERROR_INVALID_ARGUMENT = 2,
-    NVML_ERROR_NOT_SUPPORTED = 3,
-    NVML_ERROR_NO_PERMISSION = 4,
-    NVML_ERROR_NOT_FOUND = 6,
-    NVML_ERROR_DRIVER_NOT_LOADED = 9,
-    NVML_ERROR_TIMEOUT = 10,
-    NVML_ERROR_GPU_IS_LOST = 15,
-    NVML_ERROR_NO_DATA = 21,
-    NVML_ERROR_NOT_READY = 27, /* "System is not in ready state" */
-    NVML_ERROR_GPU_NOT_FOUND = 28,
-};
-
-enum {
-    NVML_VALUE_TYPE_DOUBLE = 0,
-    NVML_VALUE_TYPE_UNSIGNED_INT = 1,
-    NVML_VALUE_TYPE_UNSIGNED_LONG = 2,
-    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3,
-    NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4,
-    NVML_VALUE_TYPE_SIGNED_INT = 5,
-    NVML_VALUE_TYPE_UNSIGNED_SHORT = 6,
-};
-
-enum { NVML_FI_DEV_POWER_INSTANT = 186 };
-
-typedef union {
-    double dVal;
-    int siVal;
-    unsigned int uiVal;
-    unsigned long ulVal;
-    unsigned long long ullVal;
-    long long sllVal;
-    unsigned short usVal;
-} nvmlValue_t;
-
-typedef struct {
-    unsigned int fieldId;
-    unsigned int scopeId;
-    long long timestamp;   /* us since 1970 (wall clock) */
-    long long latencyUsec;
-    int valueType;         /* nvmlValueType_t */
-    nvmlReturn_t nvmlReturn;
-    nvmlValue_t value;
-} nvmlFieldValue_t; /* 40 bytes */
-
-_Static_assert(sizeof(nvmlFieldValue_t) == 40, "nvmlFieldValue_t layout");
 
 /* ---- the library, loaded once per path and never unloaded -------------- */
 

@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nrgloops import Knob, PowerCap, Sampler, nrg_adapt, nrg_alternate, open_meter
+from nrgloops import Knob, PowerCap, Report, Sampler, nrg_adapt, nrg_alternate, open_meter
 from nrgloops.meters import Meter
 
 try:
@@ -530,6 +530,21 @@ KNOB: dict[str, Any] = {"policy": "pi", "band": 0.04, "dwell": 0.1, "kp": 0.3, "
 SAFETY = 0.10  # the safety net's margin over the cap
 
 
+def _loop_report(rep: Report, **extra: Any) -> dict[str, Any]:
+    """The figures of a loop's report that StreamResult.report keeps (what
+    print_result shows, and the text), plus ``extra``."""
+    return {
+        **extra,
+        "iterations": rep.iterations,
+        "avg_power_w": rep.avg_power_w,
+        "peak_power_w": rep.peak_power_w,
+        "over_cap_fraction": rep.over_cap_fraction,
+        "window_s": rep.window_s,
+        "measured": rep.measured,
+        "text": str(rep),
+    }
+
+
 def serve_under_cap(
     engine: Engine,
     cap: PowerCap,
@@ -597,17 +612,7 @@ def serve_under_cap(
     if net is not None:
         net.close()
         shed_its = net.report.iterations
-    res.report = {
-        "safety_net": shed_its,
-        "iterations": rep.iterations,
-        "avg_power_w": rep.avg_power_w,
-        "peak_power_w": rep.peak_power_w,
-        "over_cap_fraction": rep.over_cap_fraction,
-        "window_s": rep.window_s,
-        "measured": rep.measured,
-        "knob": rep.knob,
-        "text": str(rep),
-    }
+    res.report = _loop_report(rep, safety_net=shed_its, knob=rep.knob)
     return res
 
 
@@ -647,16 +652,7 @@ def serve_bare(
         settle_s=settle_s,
     )
     full.close()
-    rep = full.report
-    res.report = {
-        "iterations": rep.iterations,
-        "avg_power_w": rep.avg_power_w,
-        "peak_power_w": rep.peak_power_w,
-        "over_cap_fraction": rep.over_cap_fraction,
-        "window_s": rep.window_s,
-        "measured": rep.measured,
-        "text": str(rep),
-    }
+    res.report = _loop_report(full.report)
     return res
 
 

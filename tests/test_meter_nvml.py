@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from nrgloops import MeterUnavailable, Sampler, open_meter
 from nrgloops.meters import nvml
 from nrgloops.meters.nvml import NvmlMeter, open_nvml
 
-FAKES = Path(__file__).parent / "fakes"
+ROOT = Path(__file__).resolve().parent.parent
+FAKES = ROOT / "tests" / "fakes"
 
 # call ids of fake_nvml.c
 INIT, COUNT, HANDLE, ENERGY, FIELDS, FIELD_ENTRY, NAME = range(7)
@@ -76,8 +78,10 @@ def _build(src: Path, out: Path) -> Path:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is missing: the fake libnvidia-ml cannot be built")
+    # csrc/ for nvml_api.h: the fake uses the meter's own NVML types and layout
+    cc = [gcc, "-shared", "-fPIC", "-O1", "-std=gnu11", "-I", str(ROOT / "csrc")]
     subprocess.run(
-        [gcc, "-shared", "-fPIC", "-O1", "-std=gnu11", "-o", str(out), str(src), "-lpthread"],
+        [*cc, "-o", str(out), str(src), "-lpthread"],
         check=True,
         capture_output=True,
     )
@@ -341,20 +345,32 @@ def test_sampler_energy_matches_the_truth(fake: Fake) -> None:
 # -- errors mid-run -----------------------------------------------------------------
 
 
-def test_not_ready_mid_run_is_counted_and_survived(fake: Fake) -> None:
-    fake.simulate(200.0, update_period=0.1)
-    m = _open(fake, mode="energy")
+@contextmanager
+def _failing_mid_run(
+    fake: Fake, watts: float, mode: str, call: int, code: int, match: str
+) -> Iterator[tuple[NvmlMeter, Sampler, float]]:
+    """A `mode` meter sampled every 10 ms on a simulated `watts` GPU reads
+    cleanly for 0.35 s, then `call` answers `code` for 0.1 s: the failure must
+    show in last_status, in read()'s error (`match`) and in the sampler's
+    error count.  Yields (meter, sampler, true J at the start), still failing."""
+    fake.simulate(watts, update_period=0.1)
+    m = _open(fake, mode=mode)
     with Sampler(m, period=0.01) as s:
         j0 = fake.true_joules()
         s.watch(0.3)
         time.sleep(0.35)
-        fake.status(ENERGY, NOT_READY)  # "System is not in ready state"
+        fake.status(call, code)
         time.sleep(0.1)
-        assert m.last_status == NOT_READY
-        with pytest.raises(MeterUnavailable, match="System is not in ready state"):
+        assert m.last_status == code
+        with pytest.raises(MeterUnavailable, match=match):
             m.read()
-        errors_during = s.errors
-        assert errors_during >= 5
+        assert s.errors >= 5
+        yield m, s, j0
+
+
+def test_not_ready_mid_run_is_counted_and_survived(fake: Fake) -> None:
+    not_ready = "System is not in ready state"  # nvmlErrorString(NOT_READY)
+    with _failing_mid_run(fake, 200.0, "energy", ENERGY, NOT_READY, not_ready) as (m, s, j0):
         held = s.power(window=0.3)  # the published power holds, no crash
         assert held == pytest.approx(200.0, rel=0.15)
         fake.status(ENERGY, 0)
@@ -397,16 +413,7 @@ def test_energy_mode_does_not_move_to_power(fake: Fake) -> None:
 
 
 def test_gpu_lost_in_power_mode(fake: Fake) -> None:
-    fake.simulate(120.0, update_period=0.1)
-    m = _open(fake, mode="power")
-    with Sampler(m, period=0.01) as s:
-        j0 = fake.true_joules()
-        time.sleep(0.35)
-        fake.status(FIELDS, GPU_IS_LOST)
-        time.sleep(0.1)
-        assert s.errors >= 5 and m.last_status == GPU_IS_LOST
-        with pytest.raises(MeterUnavailable, match="GPU_IS_LOST"):
-            m.read()
+    with _failing_mid_run(fake, 120.0, "power", FIELDS, GPU_IS_LOST, "GPU_IS_LOST") as (m, s, j0):
         fake.status(FIELDS, 0)
         time.sleep(0.2)
         n = s.samples
@@ -433,8 +440,6 @@ def test_real_gpu_reads_positive_power() -> None:
 
 
 # -- the GPU example and benchmark, smoke-tested without a GPU ------------------------
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str], timeout: float = 180.0) -> str:

@@ -5,7 +5,8 @@
  * ctypes on the same file (same handle, so both see the same state).
  *
  * It exports the NVML getters the meter uses, with the real signatures and
- * the real nvmlFieldValue_t layout, plus a few setters that only count their
+ * the real nvmlFieldValue_t layout (both from csrc/nvml_api.h, the header the
+ * meter itself uses), plus a few setters that only count their
  * calls (the meter must never call them), plus a control API (fake_nvml_*).
  *
  * Values: "manual" (the test sets the energy in mJ and the power in mW) or
@@ -17,30 +18,7 @@
 #include <string.h>
 #include <time.h>
 
-typedef int nvmlReturn_t;
-typedef struct fake_dev *nvmlDevice_t;
-
-typedef union {
-    double dVal;
-    int siVal;
-    unsigned int uiVal;
-    unsigned long ulVal;
-    unsigned long long ullVal;
-    long long sllVal;
-    unsigned short usVal;
-} nvmlValue_t;
-
-typedef struct {
-    unsigned int fieldId;
-    unsigned int scopeId;
-    long long timestamp;
-    long long latencyUsec;
-    int valueType;
-    nvmlReturn_t nvmlReturn;
-    nvmlValue_t value;
-} nvmlFieldValue_t;
-
-_Static_assert(sizeof(nvmlFieldValue_t) == 40, "nvmlFieldValue_t layout");
+#include "nvml_api.h" /* csrc/: the real types and layout */
 
 /* Which call a status or a counter is for. */
 enum {
@@ -55,18 +33,18 @@ enum {
     FAKE_N = 8,
 };
 
-struct fake_dev {
+struct nvmlDevice_st {
     unsigned int index;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static struct fake_dev devs[8] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
+static struct nvmlDevice_st devs[8] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
 static unsigned int gpu_count = 1;
 static int status[FAKE_N];
 static unsigned long long calls[FAKE_N];
 static int inits;
 static unsigned long long setter_calls;
-static int value_type = 1; /* NVML_VALUE_TYPE_UNSIGNED_INT */
+static int value_type = NVML_VALUE_TYPE_UNSIGNED_INT;
 
 static int simulated;
 static unsigned long long manual_mj;
@@ -115,7 +93,7 @@ void fake_nvml_reset(void)
     memset(status, 0, sizeof status);
     memset(calls, 0, sizeof calls);
     setter_calls = 0;
-    value_type = 1;
+    value_type = NVML_VALUE_TYPE_UNSIGNED_INT;
     simulated = 0;
     manual_mj = 0;
     manual_mw = 0;
@@ -222,11 +200,21 @@ double fake_nvml_true_joules(void)
 
 /* ---- NVML ------------------------------------------------------------------ */
 
+/* Count the call and take the lock (leave() drops it); its status to return. */
 static nvmlReturn_t enter(int call)
 {
     pthread_mutex_lock(&lock);
     calls[call]++;
     return status[call];
+}
+
+/* enter() for the calls that need nvmlInit_v2 first */
+static nvmlReturn_t enter_initialized(int call)
+{
+    nvmlReturn_t r = enter(call);
+    if (r == NVML_SUCCESS && inits == 0)
+        r = NVML_ERROR_UNINITIALIZED;
+    return r;
 }
 
 static nvmlReturn_t leave(nvmlReturn_t r)
@@ -238,7 +226,7 @@ static nvmlReturn_t leave(nvmlReturn_t r)
 nvmlReturn_t nvmlInit_v2(void)
 {
     nvmlReturn_t r = enter(FAKE_INIT);
-    if (r == 0)
+    if (r == NVML_SUCCESS)
         inits++;
     return leave(r);
 }
@@ -247,7 +235,7 @@ nvmlReturn_t nvmlShutdown(void)
 {
     nvmlReturn_t r = enter(FAKE_SHUTDOWN);
     if (inits == 0)
-        r = 1; /* NVML_ERROR_UNINITIALIZED */
+        r = NVML_ERROR_UNINITIALIZED;
     else
         inits--;
     return leave(r);
@@ -255,22 +243,18 @@ nvmlReturn_t nvmlShutdown(void)
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *n)
 {
-    nvmlReturn_t r = enter(FAKE_COUNT);
-    if (r == 0 && inits == 0)
-        r = 1;
-    if (r == 0)
+    nvmlReturn_t r = enter_initialized(FAKE_COUNT);
+    if (r == NVML_SUCCESS)
         *n = gpu_count;
     return leave(r);
 }
 
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev)
 {
-    nvmlReturn_t r = enter(FAKE_HANDLE);
-    if (r == 0 && inits == 0)
-        r = 1;
-    if (r == 0 && index >= gpu_count)
-        r = 2; /* NVML_ERROR_INVALID_ARGUMENT */
-    if (r == 0)
+    nvmlReturn_t r = enter_initialized(FAKE_HANDLE);
+    if (r == NVML_SUCCESS && index >= gpu_count)
+        r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS)
         *dev = &devs[index];
     return leave(r);
 }
@@ -278,7 +262,7 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t dev, char *name, unsigned int len)
 {
     nvmlReturn_t r = enter(FAKE_NAME);
-    if (r == 0)
+    if (r == NVML_SUCCESS)
         snprintf(name, len, "Fake NVIDIA H200 #%u", dev->index);
     return leave(r);
 }
@@ -286,16 +270,14 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t dev, char *name, unsigned int len)
 nvmlReturn_t nvmlSystemGetDriverVersion(char *v, unsigned int len)
 {
     snprintf(v, len, "999.99-fake");
-    return 0;
+    return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t dev, unsigned long long *mj)
 {
     (void)dev;
-    nvmlReturn_t r = enter(FAKE_ENERGY);
-    if (r == 0 && inits == 0)
-        r = 1;
-    if (r == 0) {
+    nvmlReturn_t r = enter_initialized(FAKE_ENERGY);
+    if (r == NVML_SUCCESS) {
         advance(now());
         *mj = simulated ? energy_offset_mj + (unsigned long long)(shown_j * 1e3)
                         : manual_mj;
@@ -306,15 +288,14 @@ nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t dev, unsigned long
 nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t dev, int n, nvmlFieldValue_t *v)
 {
     (void)dev;
-    nvmlReturn_t r = enter(FAKE_FIELDS);
-    if (r == 0 && inits == 0)
-        r = 1;
-    if (r == 0) {
+    nvmlReturn_t r = enter_initialized(FAKE_FIELDS);
+    if (r == NVML_SUCCESS) {
         advance(now());
         double mw = simulated ? shown_w * 1e3 : manual_mw;
         for (int i = 0; i < n; i++) {
-            if (v[i].fieldId != 186) {
-                v[i].nvmlReturn = 3; /* only the power field exists here */
+            if (v[i].fieldId != NVML_FI_DEV_POWER_INSTANT) {
+                /* only the power field exists here */
+                v[i].nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
                 continue;
             }
             v[i].nvmlReturn = status[FAKE_FIELD_ENTRY];
@@ -322,9 +303,11 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t dev, int n, nvmlFieldValue_t 
             v[i].timestamp = 0;
             v[i].latencyUsec = 0;
             switch (value_type) {
-            case 0: v[i].value.dVal = mw; break;
-            case 5: v[i].value.siVal = (int)mw; break;
-            case 3: v[i].value.ullVal = (unsigned long long)mw; break;
+            case NVML_VALUE_TYPE_DOUBLE: v[i].value.dVal = mw; break;
+            case NVML_VALUE_TYPE_SIGNED_INT: v[i].value.siVal = (int)mw; break;
+            case NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
+                v[i].value.ullVal = (unsigned long long)mw;
+                break;
             default: v[i].value.uiVal = (unsigned int)mw; break;
             }
         }
@@ -335,14 +318,14 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t dev, int n, nvmlFieldValue_t 
 const char *nvmlErrorString(nvmlReturn_t r)
 {
     switch (r) {
-    case 0: return "Success";
-    case 1: return "Uninitialized";
-    case 2: return "Invalid Argument";
-    case 3: return "Not Supported";
-    case 4: return "Insufficient Permissions";
-    case 9: return "Driver Not Loaded";
-    case 15: return "GPU is lost";
-    case 27: return "System is not in ready state";
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NO_PERMISSION: return "Insufficient Permissions";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    case NVML_ERROR_NOT_READY: return "System is not in ready state";
     default: return "Unknown Error";
     }
 }
@@ -353,7 +336,7 @@ static nvmlReturn_t setter(void)
     pthread_mutex_lock(&lock);
     setter_calls++;
     pthread_mutex_unlock(&lock);
-    return 0;
+    return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceSetPowerManagementLimit(nvmlDevice_t d, unsigned int mw)
