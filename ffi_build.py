@@ -31,6 +31,7 @@ ffi.set_source(
     '#include "nrgloops.h"',
     sources=sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(CSRC, "*.c"))),
     include_dirs=[os.path.relpath(CSRC, HERE)],
+    depends=sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(CSRC, "*.h"))),
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
     libraries=["pthread", "dl", "m"],
 )
