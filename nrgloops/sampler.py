@@ -1,7 +1,7 @@
 """The sampler: a C thread reading a meter into a ring, shared by its users.
 
-The first user of a (meter, period) pair starts the C thread, the last one
-stops it (pyinstrument's pattern).  Each user holds a ``Sampler`` handle; the
+The first user of a (meter, period, history) starts the C thread, the last
+one stops it (pyinstrument's pattern).  Each user holds a ``Sampler`` handle; the
 hot path, ``power(window)``, reads a value the thread already published: one
 dict lookup and one memory load, no lock, no system call.
 """
@@ -28,7 +28,8 @@ MAX_RING_BYTES = 1 << 30  # a ring larger than 1 GiB is a mistake, not a plan
 
 
 class _Core:
-    """One running C sampler, shared by every handle on the same meter and period."""
+    """One running C sampler, shared by every handle on the same meter, period
+    and history (the core holds the meter, so its id stays unique)."""
 
     def __init__(self, meter: Meter, period: float, history: float) -> None:
         self.meter = meter
@@ -55,7 +56,6 @@ class _Core:
             ffi.buffer(published, ffi.sizeof("double") * lib.NRG_MAX_SLOTS)
         ).cast("d")
         self.users = 0
-
         self.halted = False
 
     def stop(self) -> None:
