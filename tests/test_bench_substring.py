@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from nrgloops.bench.substring import (
 )
 from nrgloops.governor import CgroupGovernor, GovernorUnavailable
 from nrgloops.testing import FakeMeter
+from tests.cgroups import nrgloops_cgroups
 
 
 def _cgroup_here() -> bool:
@@ -30,14 +30,6 @@ def _cgroup_here() -> bool:
     except (GovernorUnavailable, OSError):
         return False
     return True
-
-
-def _nrgloops_groups() -> set[str]:
-    try:
-        _, parent = CgroupGovernor().where()
-    except GovernorUnavailable:
-        return set()
-    return {p for p in os.listdir(parent) if p.startswith("nrgloops-")}
 
 
 def _tiny(meter: object, governor: str, caps: list[float]) -> Config:
@@ -55,12 +47,12 @@ def test_tiny_sweep_writes_three_files(
     governor = "cgroup" if _cgroup_here() else "none"
     m = FakeMeter(watts=10.0, measured=False) if meter == "fake" else "model"
     lines: list[str] = []
-    groups = _nrgloops_groups()
+    groups = nrgloops_cgroups()
     bench = SubstringBench(_tiny(m, governor, [12.0, 30.0]), log=lines.append)
     bench.run()
     paths = bench.write(tmp_path / "out")
     assert [p.name for p in paths] == ["substring.csv", "substring.json", "substring.png"]
-    assert _nrgloops_groups() == groups  # the governor left nothing behind
+    assert nrgloops_cgroups() == groups  # the governor left nothing behind
 
     with open(paths[0], newline="") as f:
         rows = list(csv.DictReader(f))

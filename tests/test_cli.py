@@ -15,17 +15,10 @@ from pathlib import Path
 import pytest
 
 from nrgloops.cli import main
-from nrgloops.governor import CgroupGovernor, GovernorUnavailable, Journal, probe_governors
+from nrgloops.governor import Journal, probe_governors
+from tests.cgroups import nrgloops_cgroups
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _groups() -> set[str]:
-    try:
-        _, parent = CgroupGovernor().where()
-    except GovernorUnavailable:
-        return set()
-    return {p for p in os.listdir(parent) if p.startswith("nrgloops-")}
 
 
 @pytest.fixture(autouse=True)
@@ -58,12 +51,12 @@ def test_bad_caps_exit_2_before_work(
     caps: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    groups = _groups()
+    groups = nrgloops_cgroups()
     assert main(["bench", "substring", "--caps", caps, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err
     assert not out.exists()  # nothing was started, not even the output directory
-    assert _groups() == groups
+    assert nrgloops_cgroups() == groups
 
 
 def test_unwritable_out_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,7 +154,7 @@ def test_interrupt_mid_sweep(
     tmp_path: Path, _journal: Path, sig: int, code: int
 ) -> None:
     governor = "cgroup" if probe_governors()["cgroup"] is None else "none"
-    groups = _groups()
+    groups = nrgloops_cgroups()
     out = tmp_path / "out"
     # So many strings that the uncapped run lasts minutes: interrupt it.
     p = _sweep(out, _journal, governor)
@@ -175,14 +168,14 @@ def test_interrupt_mid_sweep(
     assert (out / "substring.csv").exists() and (out / "substring.png").exists()
     doc = json.loads((out / "substring.json").read_text())
     assert doc["interrupted"] is True
-    assert _groups() == groups
+    assert nrgloops_cgroups() == groups
     assert not list(_journal.glob("*.json"))
 
 
 def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) -> None:
     if probe_governors()["cgroup"] is not None:
         pytest.skip("the cgroup governor is not available here")
-    groups = _groups()
+    groups = nrgloops_cgroups()
     out = tmp_path / "out"
     env = dict(os.environ, NRGLOOPS_JOURNAL_DIR=str(_journal), PYTHONUNBUFFERED="1")
     p = subprocess.Popen(
@@ -194,12 +187,12 @@ def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) 
     seen: list[str] = []
     _wait_for(p, "governor at a cap", seen)
     time.sleep(0.3)  # inside the governor's run: a cgroup exists now
-    held = _groups() - groups
+    held = nrgloops_cgroups() - groups
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, stderr
     assert held, "the governor's cgroup should have existed mid-run"
-    assert _groups() == groups
+    assert nrgloops_cgroups() == groups
     assert not list(_journal.glob("*.json"))
     with open(out / "substring.csv", newline="") as f:
         modes = [r["mode"] for r in csv.DictReader(f)]

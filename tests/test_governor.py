@@ -28,6 +28,7 @@ from nrgloops.governor import (
 )
 from nrgloops.sampler import Sampler
 from nrgloops.testing import FakeMeter
+from tests.cgroups import nrgloops_cgroups
 from tests.fakes.powercap_tree import client, server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,11 +237,6 @@ def _cgroup_ok() -> str | None:
 needs_cgroup = pytest.mark.skipif(_cgroup_ok() is not None, reason=f"{_cgroup_ok()}")
 
 
-def _groups() -> set[str]:
-    _, parent = CgroupGovernor().where()
-    return {p for p in os.listdir(parent) if p.startswith("nrgloops-")}
-
-
 def _my_cgroup() -> tuple[str, float]:
     with open("/proc/self/cgroup") as f:
         lines = f.read()
@@ -254,13 +250,13 @@ def _my_cgroup() -> tuple[str, float]:
 
 @needs_cgroup
 def test_cgroup_runs_child_in_fresh_group_and_removes_it(tmp_path: Path) -> None:
-    before = _groups()
+    before = nrgloops_cgroups()
     gov = CgroupGovernor(journal=tmp_path / "j", control_period=0.05)
     meter = FakeMeter(watts=30.0)
     with Sampler(meter) as s:
         lines, _ = gov.run(10.0, _my_cgroup, s, 0.05)
     assert f"nrgloops-{os.getpid()}-" in lines  # the child ran inside the group
-    assert _groups() == before
+    assert nrgloops_cgroups() == before
     assert not list((tmp_path / "j").glob("*.json"))
     # power (30 W) stayed over the cap (10 W): the quota went to its floor
     assert gov.trace.quota_cpus and gov.trace.quota_cpus[-1] == CgroupGovernor.MIN_CPUS
@@ -281,11 +277,11 @@ def _fails() -> None:
 
 @needs_cgroup
 def test_cgroup_workload_error_is_reported_and_cleaned(tmp_path: Path) -> None:
-    before = _groups()
+    before = nrgloops_cgroups()
     gov = CgroupGovernor(journal=tmp_path / "j")
     with Sampler(FakeMeter(watts=5.0)) as s, pytest.raises(NrgError, match="KeyError"):
         gov.run(10.0, _fails, s, 0.1)
-    assert _groups() == before
+    assert nrgloops_cgroups() == before
     assert not list((tmp_path / "j").glob("*.json"))
 
 
@@ -307,40 +303,41 @@ _CG_HOLDER = textwrap.dedent(
 )
 
 
-@needs_cgroup
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_cgroup_cleaned_on_signal(tmp_path: Path, sig: int) -> None:
-    before = _groups()
+def _start_cg_holder(journal: Path) -> subprocess.Popen[str]:
+    """A child Python holding a cgroup run open; returns once it says ready."""
     p = subprocess.Popen(
-        [sys.executable, "-c", _CG_HOLDER, str(tmp_path / "j")],
+        [sys.executable, "-c", _CG_HOLDER, str(journal)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
-    assert len(_groups() - before) == 1
+    return p
+
+
+@needs_cgroup
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cgroup_cleaned_on_signal(tmp_path: Path, sig: int) -> None:
+    before = nrgloops_cgroups()
+    p = _start_cg_holder(tmp_path / "j")
+    assert len(nrgloops_cgroups() - before) == 1
     p.send_signal(sig)
     p.wait(timeout=20)
-    assert _groups() == before
+    assert nrgloops_cgroups() == before
     assert not list((tmp_path / "j").glob("*.json"))
 
 
 @needs_cgroup
 def test_restore_removes_a_left_cgroup_and_its_processes(tmp_path: Path) -> None:
-    before = _groups()
-    p = subprocess.Popen(
-        [sys.executable, "-c", _CG_HOLDER, str(tmp_path / "j")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
-    assert p.stdout is not None
-    assert p.stdout.readline().strip() == "ready"
-    (left,) = _groups() - before
+    before = nrgloops_cgroups()
+    p = _start_cg_holder(tmp_path / "j")
+    (left,) = nrgloops_cgroups() - before
     p.kill()  # the run dies; its child dies with it (PR_SET_PDEATHSIG) but the group stays
     p.wait(timeout=10)
-    assert left in _groups()
+    assert left in nrgloops_cgroups()
     result = restore(tmp_path / "j")
     assert not result.errors, result.errors
     assert any("removed cgroup" in line for line in result.undone)
-    assert _groups() == before
+    assert nrgloops_cgroups() == before
 
 
 def test_open_governor(tmp_path: Path) -> None:
