@@ -132,9 +132,7 @@ def main() -> None:
         try:
             sensor = pt.pyrapl_sensor(pc_tree, packages=1)
             assert len([v for v in sensor.energy() if v >= 0]) == 2
-            rows["pyRAPL: Sensor.energy() (pyRAPL 0.2.3.1 itself)"] = per_call_ns(
-                sensor.energy, n
-            )
+            rows["pyRAPL: Sensor.energy() (pyRAPL 0.2.3.1 itself)"] = per_call_ns(sensor.energy, n)
             results["pyrapl"] = "pyRAPL itself"
         except ImportError:
             results["pyrapl"] = "not installed: row omitted"
@@ -190,9 +188,11 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     m = results["machine"]
     rows = results["rows_ns"]
-    print(f"machine: {machine_line(m)}, Linux {m['kernel']}; fake trees in {m['tmpfs']}; "
-          "2 counters per reading; "
-          f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}")
+    print(
+        f"machine: {machine_line(m)}, Linux {m['kernel']}; fake trees in {m['tmpfs']}; "
+        "2 counters per reading; "
+        f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}"
+    )
     print("times: best of 25 runs of a loop of calls (as timeit), ns per call")
     print(f"\n{'one reading (package-0 + dram-0)':58s} {'ns':>9s}")
     for name, ns in rows.items():
@@ -200,22 +200,29 @@ def report(results: dict[str, Any]) -> None:
     pyrapl = rows.get("pyRAPL: Sensor.energy() (pyRAPL 0.2.3.1 itself)")
     naive = rows["naive: open/read/close energy_uj per reading"]
     print("\nratios (how many times cheaper than the other way; target >= 5x):")
-    for ours in ("msr: C read (nrg_source_read via cffi)",
-                 "powercap: C read (nrg_source_read via cffi)",
-                 "msr: meter.read() from Python", "powercap: meter.read() from Python"):
+    for ours in (
+        "msr: C read (nrg_source_read via cffi)",
+        "powercap: C read (nrg_source_read via cffi)",
+        "msr: meter.read() from Python",
+        "powercap: meter.read() from Python",
+    ):
         line = f"  {ours:45s}"
         if pyrapl:
             line += f" vs pyRAPL {pyrapl / rows[ours]:6.1f}x"
         line += f"   vs open/read/close {naive / rows[ours]:6.1f}x"
         print(line)
     power = rows["s.power(0.1) on a running sampler"]
-    print(f"\ns.power(0.1): {power:.0f} ns per call (target < 150 ns); "
-          f"s.published[slot]: {rows['s.published[slot] (the per-iteration read)']:.0f} ns "
-          "(timeit, loop overhead included)")
+    print(
+        f"\ns.power(0.1): {power:.0f} ns per call (target < 150 ns); "
+        f"s.published[slot]: {rows['s.published[slot] (the per-iteration read)']:.0f} ns "
+        "(timeit, loop overhead included)"
+    )
     for name, c in results["sampler_1khz"].items():
-        print(f"sampler at 1 kHz on {name}: {c['cpu_share'] * 100:.2f}% of one core "
-              f"(target < 2%; idle process {c['idle_share'] * 100:.2f}%), "
-              f"{c['rate_hz']:.0f} samples/s, {c['errors']} errors")
+        print(
+            f"sampler at 1 kHz on {name}: {c['cpu_share'] * 100:.2f}% of one core "
+            f"(target < 2%; idle process {c['idle_share'] * 100:.2f}%), "
+            f"{c['rate_hz']:.0f} samples/s, {c['errors']} errors"
+        )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -227,19 +234,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no PNG")
         return
-    rows = {k: v for k, v in results["rows_ns"].items()
-            if "overhead" not in k and not k.startswith("reference")}
+    rows = {
+        k: v
+        for k, v in results["rows_ns"].items()
+        if "overhead" not in k and not k.startswith("reference")
+    }
     names = list(rows)
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
-    colors = ["#2a7" if k.startswith(("msr", "powercap")) else
-              "#c44" if k.startswith(("pyRAPL", "naive")) else "#48c" for k in names]
+    colors = [
+        "#2a7"
+        if k.startswith(("msr", "powercap"))
+        else "#c44"
+        if k.startswith(("pyRAPL", "naive"))
+        else "#48c"
+        for k in names
+    ]
     ax.barh(names, [rows[k] for k in names], color=colors)
     ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel("ns per call (log scale)")
     m = results["machine"]
-    ax.set_title(f"Cost of one reading (2 counters, fake trees in tmpfs)\n"
-                 f"{machine_line(m)}", fontsize=10)
+    ax.set_title(
+        f"Cost of one reading (2 counters, fake trees in tmpfs)\n{machine_line(m)}", fontsize=10
+    )
     for i, k in enumerate(names):
         ax.text(rows[k], i, f" {rows[k]:.0f} ns", va="center", fontsize=8)
     fig.tight_layout()

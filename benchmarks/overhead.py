@@ -134,31 +134,51 @@ def main() -> int:
     base_b, base_m = best["bare call"], median["bare call"]
     meter = nrgloops.PowerCap(1.0, meter=a.meter).meter
     print(f"machine: {machine()}")
-    print(f"meter: {meter.kind} ({meter.label}); {a.rounds} rounds of {a.n} iterations, "
-          "interleaved; best and median per iteration")
-    print(f"{'loop':32s} {'best ns':>9s} {'overhead':>9s} {'median ns':>10s} {'overhead':>9s}"
-          "  vs 300 ns target")
+    print(
+        f"meter: {meter.kind} ({meter.label}); {a.rounds} rounds of {a.n} iterations, "
+        "interleaved; best and median per iteration"
+    )
+    print(
+        f"{'loop':32s} {'best ns':>9s} {'overhead':>9s} {'median ns':>10s} {'overhead':>9s}"
+        "  vs 300 ns target"
+    )
     rows = []
     for k in cases:
         ob, om = best[k] - base_b, median[k] - base_m
+
         def judge(x: float) -> str:
             return "under" if x < TARGET_NS else f"OVER by {x - TARGET_NS:.0f} ns"
 
         verdict = "" if k == "bare call" else f"best {judge(ob)}, median {judge(om)}"
         print(f"{k:32s} {best[k]:9.1f} {ob:9.1f} {median[k]:10.1f} {om:9.1f}  {verdict}")
-        rows.append({"loop": k, "best_ns": best[k], "median_ns": median[k],
-                     "overhead_best_ns": ob, "overhead_median_ns": om})
+        rows.append(
+            {
+                "loop": k,
+                "best_ns": best[k],
+                "median_ns": median[k],
+                "overhead_best_ns": ob,
+                "overhead_median_ns": om,
+            }
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = socket.gethostname().replace("/", "_")
-    out = {"machine": machine(), "meter": meter.kind, "measured_meter": meter.measured,
-           "rounds": a.rounds, "n": a.n, "target_ns": TARGET_NS, "results": rows,
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out = {
+        "machine": machine(),
+        "meter": meter.kind,
+        "measured_meter": meter.measured,
+        "rounds": a.rounds,
+        "n": a.n,
+        "target_ns": TARGET_NS,
+        "results": rows,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path = RESULTS / f"overhead-{tag}.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"saved {path}")
     if not a.no_plot:
         try:
             import matplotlib
+
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
@@ -167,10 +187,18 @@ def main() -> int:
         names = [k for k in cases if k != "bare call"]
         fig, ax = plt.subplots(figsize=(8, 4))
         y = range(len(names))
-        ax.barh([i - 0.2 for i in y], [best[k] - base_b for k in names], height=0.4,
-                label="best of the rounds")
-        ax.barh([i + 0.2 for i in y], [median[k] - base_m for k in names], height=0.4,
-                label="median of the rounds")
+        ax.barh(
+            [i - 0.2 for i in y],
+            [best[k] - base_b for k in names],
+            height=0.4,
+            label="best of the rounds",
+        )
+        ax.barh(
+            [i + 0.2 for i in y],
+            [median[k] - base_m for k in names],
+            height=0.4,
+            label="median of the rounds",
+        )
         ax.set_yticks(list(y), names)
         ax.axvline(TARGET_NS, color="red", linestyle="--", label="300 ns target")
         ax.set_xlabel("overhead per iteration vs a bare call (ns)")

@@ -80,13 +80,20 @@ def main() -> int:
                 t_ours = best(lambda p=pat: s.count(p, 1), args.repeat)
                 t_ref = best(lambda p=pat: corpus.count(p), args.repeat)
                 rows.append(
-                    {"length": length, "kind": kind, "pattern": pat.decode("latin-1"),
-                     "matches": ours_n, "ours_gbs": n / t_ours / 1e9,
-                     "bytes_count_gbs": n / t_ref / 1e9}
+                    {
+                        "length": length,
+                        "kind": kind,
+                        "pattern": pat.decode("latin-1"),
+                        "matches": ours_n,
+                        "ours_gbs": n / t_ours / 1e9,
+                        "bytes_count_gbs": n / t_ref / 1e9,
+                    }
                 )
                 r = rows[-1]
-                print(f"{length:>4} {kind:<8} {r['ours_gbs']:>10.2f} {r['bytes_count_gbs']:>17.2f}"
-                      f" {r['ours_gbs'] / r['bytes_count_gbs']:>5.1f}x")
+                print(
+                    f"{length:>4} {kind:<8} {r['ours_gbs']:>10.2f} {r['bytes_count_gbs']:>17.2f}"
+                    f" {r['ours_gbs'] / r['bytes_count_gbs']:>5.1f}x"
+                )
         # Scaling with threads, over every pattern.
         allpats = [r["pattern"].encode("latin-1") for r in rows]
         scaling = []
@@ -96,15 +103,24 @@ def main() -> int:
     ours = statistics.median(r["ours_gbs"] for r in rows)
     ref = statistics.median(r["bytes_count_gbs"] for r in rows)
     worst = min(r["ours_gbs"] / r["bytes_count_gbs"] for r in rows)
-    print(f"median over {len(rows)} patterns: ours {ours:.2f} GB/s, bytes.count {ref:.2f} GB/s "
-          f"({ours / ref:.1f}x); worst pattern {worst:.1f}x")
+    print(
+        f"median over {len(rows)} patterns: ours {ours:.2f} GB/s, bytes.count {ref:.2f} GB/s "
+        f"({ours / ref:.1f}x); worst pattern {worst:.1f}x"
+    )
     print("threads: " + ", ".join(f"{x['threads']}: {x['gbs']:.2f} GB/s" for x in scaling))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine_info(), "corpus_bytes": n, "repeat": args.repeat, "rows": rows,
-           "median_ours_gbs": ours, "median_bytes_count_gbs": ref, "worst_ratio": worst,
-           "scaling": scaling}
+    doc = {
+        "machine": machine_info(),
+        "corpus_bytes": n,
+        "repeat": args.repeat,
+        "rows": rows,
+        "median_ours_gbs": ours,
+        "median_bytes_count_gbs": ref,
+        "worst_ratio": worst,
+        "scaling": scaling,
+    }
     (out / "search_kernel.json").write_text(json.dumps(doc, indent=1) + "\n")
 
     import matplotlib
@@ -114,20 +130,31 @@ def main() -> int:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for kind, marker in (("present", "o"), ("absent", "s")):
-        for key, color, name in (("ours_gbs", "tab:green", "nrgloops kernel"),
-                                 ("bytes_count_gbs", "tab:gray", "bytes.count")):
+        for key, color, name in (
+            ("ours_gbs", "tab:green", "nrgloops kernel"),
+            ("bytes_count_gbs", "tab:gray", "bytes.count"),
+        ):
             xs = sorted({r["length"] for r in rows})
-            ys = [statistics.median(r[key] for r in rows if r["length"] == x and r["kind"] == kind)
-                  for x in xs]
-            a.plot(xs, ys, marker=marker, color=color, linestyle="-" if kind == "present" else ":",
-                   label=f"{name}, {kind}")
+            ys = [
+                statistics.median(r[key] for r in rows if r["length"] == x and r["kind"] == kind)
+                for x in xs
+            ]
+            a.plot(
+                xs,
+                ys,
+                marker=marker,
+                color=color,
+                linestyle="-" if kind == "present" else ":",
+                label=f"{name}, {kind}",
+            )
     a.set_xscale("log", base=2)
     a.set_xlabel("pattern length (bytes)")
     a.set_ylabel("GB/s, one thread")
     a.legend(fontsize=8)
     a.grid(True, alpha=0.3)
-    b.plot([x["threads"] for x in scaling], [x["gbs"] for x in scaling], marker="o",
-           color="tab:green")
+    b.plot(
+        [x["threads"] for x in scaling], [x["gbs"] for x in scaling], marker="o", color="tab:green"
+    )
     b.set_xticks([x["threads"] for x in scaling])
     b.set_ylim(bottom=0)
     a.set_ylim(bottom=0)
@@ -135,8 +162,9 @@ def main() -> int:
     b.set_ylabel("GB/s, all patterns")
     b.grid(True, alpha=0.3)
     m = doc["machine"]
-    fig.suptitle(f"substring count: {m['cpu_model']} ({m['cores']} cores), "
-                 f"{n / (1 << 20):.0f} MiB corpus")
+    fig.suptitle(
+        f"substring count: {m['cpu_model']} ({m['cores']} cores), {n / (1 << 20):.0f} MiB corpus"
+    )
     fig.tight_layout()
     fig.savefig(out / "search_kernel.png", dpi=110)
     print(f"wrote {out / 'search_kernel.json'} and {out / 'search_kernel.png'}")

@@ -55,8 +55,10 @@ def main() -> None:
     full_w = power_of(lambda i: burn(PERIOD), meter)
     degraded_w = power_of(lambda i: burn(PERIOD / 4), meter)
     cap = nrgloops.PowerCap((full_w + degraded_w) / 2, meter=meter)
-    print(f"full answer: {full_w:.1f} W, degraded: {degraded_w:.1f} W ({meter.label}); "
-          f"cap {cap.watts:.1f} W over {cap.window:g} s")
+    print(
+        f"full answer: {full_w:.1f} W, degraded: {degraded_w:.1f} W ({meter.label}); "
+        f"cap {cap.watts:.1f} W over {cap.window:g} s"
+    )
 
     @nrgloops.nrg_adapt(cap)
     def answer(i: int) -> int:

@@ -49,13 +49,17 @@ def main() -> None:
         ("pi", run("pi", seconds)),
     ]
     print(f"powers {runs[0][1].label} (a fake meter: 10 W + 5 W per thread), cap 48 W")
-    print(f"{'policy':18s} {'avg W':>6s} {'peak W':>7s} {'over cap':>9s} {'moves':>6s} "
-          f"{'reversals':>9s} {'final':>5s}")
+    print(
+        f"{'policy':18s} {'avg W':>6s} {'peak W':>7s} {'over cap':>9s} {'moves':>6s} "
+        f"{'reversals':>9s} {'final':>5s}"
+    )
     for name, r in runs:
         k = r.knob or {}
-        print(f"{name:18s} {r.avg_power_w:6.1f} {r.peak_power_w:7.1f} "
-              f"{100 * (r.over_cap_fraction or 0):8.1f}% {k['moves']:6d} {k['reversals']:9d} "
-              f"{k['value']:5d}")
+        print(
+            f"{name:18s} {r.avg_power_w:6.1f} {r.peak_power_w:7.1f} "
+            f"{100 * (r.over_cap_fraction or 0):8.1f}% {k['moves']:6d} {k['reversals']:9d} "
+            f"{k['value']:5d}"
+        )
     print()
     print(runs[-1][1])
 

@@ -312,9 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="meters and governors this machine has, and why not")
     info.set_defaults(func=cmd_info)
 
-    measure = sub.add_parser(
-        "measure", help="run a command and print its energy and average power"
-    )
+    measure = sub.add_parser("measure", help="run a command and print its energy and average power")
     measure.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
     measure.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     measure.set_defaults(func=cmd_measure)

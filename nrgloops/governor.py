@@ -351,7 +351,8 @@ def _undo_held(
     parts = []
     if failed:
         parts.append(
-            "could not undo " + "; ".join(failed)
+            "could not undo "
+            + "; ".join(failed)
             + f" (the journal {journal.path} keeps what was not undone: run "
             "`nrgloops governor restore`)"
         )
@@ -384,9 +385,7 @@ def _undo(entry: dict[str, Any]) -> str:
     raise OSError(errno.EINVAL, f"unknown journal entry {entry!r}")
 
 
-def restore(
-    directory: str | os.PathLike[str] | None = None, force: bool = False
-) -> RestoreResult:
+def restore(directory: str | os.PathLike[str] | None = None, force: bool = False) -> RestoreResult:
     """Undo the changes left by runs that died without restoring them.
 
     Journals of runs still alive are skipped (they restore themselves)
@@ -624,9 +623,7 @@ class PowercapGovernor(Governor):
                 )
 
     @staticmethod
-    def _hold(
-        path: Path, value: str, journal: Journal, held: list[tuple[Path, str, int]]
-    ) -> None:
+    def _hold(path: Path, value: str, journal: Journal, held: list[tuple[Path, str, int]]) -> None:
         try:
             old = _read_text(path)
         except FileNotFoundError:
@@ -816,8 +813,7 @@ class CgroupGovernor(Governor):
         # [1 ms, 1 s]: the CFS period range the kernel accepts.
         self.period_us = _integer("period_us", period_us, "µs", 1000, 1_000_000)
         self.control_period = (
-            None if control_period is None
-            else _number("control_period", control_period, "seconds")
+            None if control_period is None else _number("control_period", control_period, "seconds")
         )
         self.gain = _number("gain", gain, top=1.0)
         self.watts_per_cpu = (
@@ -921,9 +917,7 @@ class CgroupGovernor(Governor):
                         raise GovernorUnavailable(
                             f"cgroup governor: creating {group}: {exc.strerror}; run as root"
                         ) from exc
-                    raise NrgError(
-                        f"cgroup governor: creating {group}: {exc.strerror}"
-                    ) from exc
+                    raise NrgError(f"cgroup governor: creating {group}: {exc.strerror}") from exc
             if version == 1:
                 _write_text(group / "cpu.cfs_period_us", str(self.period_us))
             yield version, group
@@ -1099,7 +1093,5 @@ def open_governor(
         return gov, f"powercap: {gov.description}"
     if reasons["cgroup"] is None:
         gov = CgroupGovernor(journal=journal, **cgroup_options)
-        return gov, (
-            f"cgroup: {gov.description} (powercap refused: {reasons['powercap']})"
-        )
+        return gov, (f"cgroup: {gov.description} (powercap refused: {reasons['powercap']})")
     return None, "no governor can run here: " + "; ".join(str(r) for r in reasons.values())

@@ -548,8 +548,7 @@ def nrg_alternate(adapted: AdaptedFunction[R]) -> Callable[[Callable[..., R]], C
     """Register the decorated function as the degraded variant of ``adapted``."""
     if not isinstance(adapted, AdaptedFunction):
         raise TypeError(
-            "nrg_alternate takes a function made by @nrg_adapt(cap), not "
-            f"{type(adapted).__name__}"
+            f"nrg_alternate takes a function made by @nrg_adapt(cap), not {type(adapted).__name__}"
         )
     return adapted.alternate
 
@@ -561,9 +560,7 @@ def nrg_alternate(adapted: AdaptedFunction[R]) -> Callable[[Callable[..., R]], C
 class _ItemsLoop(_Loop, Generic[T]):
     """A loop over items that yields some of them (truncate, perforate)."""
 
-    def __init__(
-        self, items: Iterable[T], constraint: PowerCap | EnergyBudget, what: str
-    ) -> None:
+    def __init__(self, items: Iterable[T], constraint: PowerCap | EnergyBudget, what: str) -> None:
         try:
             self._items: Iterator[T] = iter(items)
         except TypeError:

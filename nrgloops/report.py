@@ -179,7 +179,7 @@ class Report:
             first = f.readline()
             if not first.startswith(_CSV_TAG):
                 raise ValueError(f"{path} is not a CSV written by Report.to_csv")
-            summary = json.loads(first[len(_CSV_TAG):])
+            summary = json.loads(first[len(_CSV_TAG) :])
             rows = list(csv.reader(f))[1:]
         timeline: list[Point] = []
         for t, p, v in rows:

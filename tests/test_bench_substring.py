@@ -34,8 +34,12 @@ def _cgroup_here() -> bool:
 
 def _tiny(meter: object, governor: str, caps: list[float]) -> Config:
     return Config(
-        caps=caps, governor=governor, meter=meter,  # type: ignore[arg-type]
-        size_mb=1, strings=60, idle_s=0.2,
+        caps=caps,
+        governor=governor,
+        meter=meter,  # type: ignore[arg-type]
+        size_mb=1,
+        strings=60,
+        idle_s=0.2,
     )
 
 
@@ -60,8 +64,13 @@ def test_tiny_sweep_writes_three_files(
     modes = [(r["mode"], r["cap_w"]) for r in rows]
     expect = [("uncapped", ""), ("nrgloops", "12"), ("nrgloops", "30")]
     if governor != "none":
-        expect = [("uncapped", ""), ("nrgloops", "12"), ("governor", "12"),
-                  ("nrgloops", "30"), ("governor", "30")]
+        expect = [
+            ("uncapped", ""),
+            ("nrgloops", "12"),
+            ("governor", "12"),
+            ("nrgloops", "30"),
+            ("governor", "30"),
+        ]
     assert modes == expect
     assert rows[0]["energy_rel"] == "1" and rows[0]["time_rel"] == "1"
     assert {r["measured"] for r in rows} == {"False"}
@@ -118,8 +127,15 @@ def test_thread_knob() -> None:
 def test_parse_caps() -> None:
     assert parse_caps("30,35, 40") == [30.0, 35.0, 40.0]
     assert parse_caps("12.5W") == [12.5]
-    for bad, what in [("0", "> 0"), ("-3", "> 0"), ("abc", "not a number"), ("nan", "> 0"),
-                      ("inf", "> 0"), ("", "at least one"), (",", "at least one")]:
+    for bad, what in [
+        ("0", "> 0"),
+        ("-3", "> 0"),
+        ("abc", "not a number"),
+        ("nan", "> 0"),
+        ("inf", "> 0"),
+        ("", "at least one"),
+        (",", "at least one"),
+    ]:
         with pytest.raises(ValueError, match=what):
             parse_caps(bad)
 

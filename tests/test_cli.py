@@ -129,10 +129,32 @@ def test_governor_restore(
 def _sweep(out: Path, journal: Path, governor: str) -> subprocess.Popen[str]:
     env = dict(os.environ, NRGLOOPS_JOURNAL_DIR=str(journal), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "nrgloops", "bench", "substring", "--meter", "model",
-         "--governor", governor, "--caps", "9,10", "--size-mb", "4", "--strings", "100000",
-         "--idle-s", "0.2", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "nrgloops",
+            "bench",
+            "substring",
+            "--meter",
+            "model",
+            "--governor",
+            governor,
+            "--caps",
+            "9,10",
+            "--size-mb",
+            "4",
+            "--strings",
+            "100000",
+            "--idle-s",
+            "0.2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
     )
 
 
@@ -150,9 +172,7 @@ def _wait_for(p: subprocess.Popen[str], marker: str, seen: list[str], timeout: f
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_mid_sweep(
-    tmp_path: Path, _journal: Path, sig: int, code: int
-) -> None:
+def test_interrupt_mid_sweep(tmp_path: Path, _journal: Path, sig: int, code: int) -> None:
     governor = "cgroup" if probe_governors()["cgroup"] is None else "none"
     groups = nrgloops_cgroups()
     out = tmp_path / "out"
@@ -179,10 +199,32 @@ def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) 
     out = tmp_path / "out"
     env = dict(os.environ, NRGLOOPS_JOURNAL_DIR=str(_journal), PYTHONUNBUFFERED="1")
     p = subprocess.Popen(
-        [sys.executable, "-m", "nrgloops", "bench", "substring", "--meter", "model",
-         "--governor", "cgroup", "--caps", "6", "--size-mb", "2", "--strings", "5000",
-         "--idle-s", "0.2", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "nrgloops",
+            "bench",
+            "substring",
+            "--meter",
+            "model",
+            "--governor",
+            "cgroup",
+            "--caps",
+            "6",
+            "--size-mb",
+            "2",
+            "--strings",
+            "5000",
+            "--idle-s",
+            "0.2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
     )
     seen: list[str] = []
     _wait_for(p, "governor at a cap", seen)

@@ -141,8 +141,9 @@ def test_powercap_unavailable(tmp_path: Path) -> None:
     tree = server(tmp_path / "sys", packages=1)
     with pytest.raises(ValueError, match="cap_w"), PowercapGovernor(tree.root).applied(-3):
         pass
-    with pytest.raises(ValueError, match="cap_w"), PowercapGovernor(tree.root).applied(
-        float("nan")
+    with (
+        pytest.raises(ValueError, match="cap_w"),
+        PowercapGovernor(tree.root).applied(float("nan")),
     ):
         pass
 
@@ -307,7 +308,10 @@ def _start_cg_holder(journal: Path) -> subprocess.Popen[str]:
     """A child Python holding a cgroup run open; returns once it says ready."""
     p = subprocess.Popen(
         [sys.executable, "-c", _CG_HOLDER, str(journal)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
@@ -425,7 +429,10 @@ _SIG_PRELUDE = textwrap.dedent(
 def _run_sig(body: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _SIG_PRELUDE + textwrap.dedent(body), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
 
 
@@ -634,9 +641,10 @@ def test_cgroup_undo_goes_on_when_the_journal_fails(
 ) -> None:
     (tmp_path / "cgroup.subtree_control").write_text("memory\n")  # a fake v2 parent
     gov = CgroupGovernor(cgroup=(2, tmp_path), journal=tmp_path / "j")
-    with pytest.raises(NrgError, match="stale") as info, gov._group(
-        Journal(tmp_path / "j")
-    ) as (_, group):
+    with (
+        pytest.raises(NrgError, match="stale") as info,
+        gov._group(Journal(tmp_path / "j")) as (_, group),
+    ):
         assert group.is_dir()
         assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu\n"
         monkeypatch.setattr(Journal, "drop", _full_disk)

@@ -27,8 +27,12 @@ def shm() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _expected_delta(tree: mt.MsrTree, before: dict[tuple[int, int], int],
-                    channels: list[tuple[int, int]], unit: float) -> float:
+def _expected_delta(
+    tree: mt.MsrTree,
+    before: dict[tuple[int, int], int],
+    channels: list[tuple[int, int]],
+    unit: float,
+) -> float:
     """Energy the meter should add: wrapped deltas of the bytes it reads."""
     return sum(((tree.counter(c, a) - before[(c, a)]) % MOD32) * unit for c, a in channels)
 
@@ -139,8 +143,7 @@ def test_cpus_option_and_open_meter_contract(shm: Path) -> None:
     tree = mt.intel_server(shm, packages=2)
     m = open_meter("msr", root=str(tree.root), cpus=[0], vendor="intel")
     assert m.domains == ("package-0", "dram-0")
-    m2 = open_msr(root=tree.root, cpus=[tree.lead_cpu(1), 0], vendor="intel",
-                  cpuinfo=tree.cpuinfo)
+    m2 = open_msr(root=tree.root, cpus=[tree.lead_cpu(1), 0], vendor="intel", cpuinfo=tree.cpuinfo)
     tree.advance(tree.lead_cpu(1), mt.INTEL_DRAM, 10)
     assert m2.read().joules["dram-0"] == pytest.approx(10 * 15.3e-6)  # package-N: N-th cpu
 
@@ -154,9 +157,7 @@ def test_amd_package_and_summed_cores(shm: Path) -> None:
     assert m.domains == ("package-0", "core-0", "package-1", "core-1")
     assert m.total_domains == ("package-0", "package-1")
     unit = 2.0**-16
-    chans = {
-        f"core-{p}": [(c, mt.AMD_CORE) for c in tree.core_cpus(p)] for p in range(2)
-    }
+    chans = {f"core-{p}": [(c, mt.AMD_CORE) for c in tree.core_cpus(p)] for p in range(2)}
     chans["package-0"] = [(0, mt.AMD_PKG)]
     chans["package-1"] = [(tree.lead_cpu(1), mt.AMD_PKG)]
     before = {ca: tree.counter(*ca) for v in chans.values() for ca in v}
@@ -171,8 +172,10 @@ def test_amd_package_and_summed_cores(shm: Path) -> None:
     for d in ("core-0", "core-1"):
         assert r[d] == pytest.approx(_expected_delta(tree, before, chans[d], unit), rel=1e-12)
     # the cores that are not a lead CPU are intact: 3 cores x 1000 x (p+1) units
-    lead_free = sum(((tree.counter(c, mt.AMD_CORE) - before[(c, mt.AMD_CORE)]) % MOD32)
-                    for c in tree.core_cpus(1)[1:])
+    lead_free = sum(
+        ((tree.counter(c, mt.AMD_CORE) - before[(c, mt.AMD_CORE)]) % MOD32)
+        for c in tree.core_cpus(1)[1:]
+    )
     assert lead_free == 3 * 2000
     # SMT siblings are not read twice: 4 core channels per package
     assert "10 counters" in m.description

@@ -36,9 +36,14 @@ def shm() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def fake_pmu(base: Path, pmu_type: int = 23, cpumask: str = "0,28",
-             events: dict[str, str] | None = None, scale: str = SCALE,
-             fmt: str | None = "config:0-7") -> Path:
+def fake_pmu(
+    base: Path,
+    pmu_type: int = 23,
+    cpumask: str = "0,28",
+    events: dict[str, str] | None = None,
+    scale: str = SCALE,
+    fmt: str | None = "config:0-7",
+) -> Path:
     """A power PMU directory as arch/x86/events/rapl.c exposes it."""
     root = base / "power"
     (root / "events").mkdir(parents=True)
@@ -48,8 +53,12 @@ def fake_pmu(base: Path, pmu_type: int = 23, cpumask: str = "0,28",
         (root / "format").mkdir()
         (root / "format" / "event").write_text(f"{fmt}\n")
     if events is None:
-        events = {"energy-cores": "event=0x01", "energy-pkg": "event=0x02",
-                  "energy-ram": "event=0x03", "energy-psys": "event=0x05"}
+        events = {
+            "energy-cores": "event=0x01",
+            "energy-pkg": "event=0x02",
+            "energy-ram": "event=0x03",
+            "energy-psys": "event=0x05",
+        }
     for name, spec in events.items():
         (root / "events" / name).write_text(spec + "\n")
         (root / "events" / f"{name}.scale").write_text(scale + "\n")
@@ -72,22 +81,26 @@ def test_parse_power_pmu(shm: Path) -> None:
     pmu = read_pmu(fake_pmu(shm))
     assert pmu.type == 23 and pmu.cpus == (0, 28)
     got = {(e.name, e.kind, e.config) for e in pmu.events}
-    assert got == {("energy-cores", "core", 1), ("energy-pkg", "package", 2),
-                   ("energy-ram", "dram", 3), ("energy-psys", "psys", 5)}
+    assert got == {
+        ("energy-cores", "core", 1),
+        ("energy-pkg", "package", 2),
+        ("energy-ram", "dram", 3),
+        ("energy-psys", "psys", 5),
+    }
     assert all(e.scale == 2.0**-32 for e in pmu.events)
 
 
 def test_parse_cpumask_ranges_and_format_bits(shm: Path) -> None:
-    root = fake_pmu(shm, cpumask="0-1,4", events={"energy-pkg": "event=0x1ff"},
-                    fmt="config:0-7,32-35")
+    root = fake_pmu(
+        shm, cpumask="0-1,4", events={"energy-pkg": "event=0x1ff"}, fmt="config:0-7,32-35"
+    )
     pmu = read_pmu(root)
     assert pmu.cpus == (0, 1, 4)
     assert pmu.events[0].config == 0xFF | (0x1 << 32)  # the value spread over the ranges
 
 
 def test_parse_without_format_scale_or_with_other_units(shm: Path) -> None:
-    root = fake_pmu(shm, events={"energy-pkg": "event=0x02", "energy-ram": "event=0x03"},
-                    fmt=None)
+    root = fake_pmu(shm, events={"energy-pkg": "event=0x02", "energy-ram": "event=0x03"}, fmt=None)
     os.remove(root / "events" / "energy-pkg.scale")
     (root / "events" / "energy-ram.unit").write_text("Watts\n")
     pmu = read_pmu(root)
@@ -113,8 +126,13 @@ def test_no_power_pmu_here() -> None:
 
 @needs_perf
 def test_real_syscall_with_a_moving_counter(shm: Path) -> None:
-    root = fake_pmu(shm, pmu_type=PERF_TYPE_SOFTWARE, cpumask="0",
-                    events={"energy-pkg": f"event={SW_CPU_CLOCK}"}, scale="1e-9")
+    root = fake_pmu(
+        shm,
+        pmu_type=PERF_TYPE_SOFTWARE,
+        cpumask="0",
+        events={"energy-pkg": f"event={SW_CPU_CLOCK}"},
+        scale="1e-9",
+    )
     m = open_perf(root, settle=0.02)
     assert m.kind == "perf" and m.measured and m.domains == ("package-0",)
     assert m.max_period == float("inf")  # 64-bit counts, the kernel undoes the wrap
@@ -126,8 +144,9 @@ def test_real_syscall_with_a_moving_counter(shm: Path) -> None:
 @needs_perf
 def test_stuck_counter_is_refused(shm: Path) -> None:
     # the accelerator machine's case: only energy-psys, and it stays at 0
-    root = fake_pmu(shm, pmu_type=PERF_TYPE_SOFTWARE, cpumask="0",
-                    events={"energy-psys": f"event={SW_DUMMY}"})
+    root = fake_pmu(
+        shm, pmu_type=PERF_TYPE_SOFTWARE, cpumask="0", events={"energy-psys": f"event={SW_DUMMY}"}
+    )
     with pytest.raises(MeterUnavailable, match="does not move") as e:
         open_perf(root, settle=0.02)
     assert str(root) in str(e.value) and "psys" in str(e.value)
@@ -135,9 +154,13 @@ def test_stuck_counter_is_refused(shm: Path) -> None:
 
 @needs_perf
 def test_stuck_psys_beside_moving_package_is_fine(shm: Path) -> None:
-    root = fake_pmu(shm, pmu_type=PERF_TYPE_SOFTWARE, cpumask="0",
-                    events={"energy-pkg": f"event={SW_CPU_CLOCK}",
-                            "energy-psys": f"event={SW_DUMMY}"}, scale="1e-9")
+    root = fake_pmu(
+        shm,
+        pmu_type=PERF_TYPE_SOFTWARE,
+        cpumask="0",
+        events={"energy-pkg": f"event={SW_CPU_CLOCK}", "energy-psys": f"event={SW_DUMMY}"},
+        scale="1e-9",
+    )
     m = open_perf(root, settle=0.02)
     assert m.domains == ("package-0", "psys") and m.total_domains == ("package-0",)
 
@@ -155,8 +178,13 @@ def test_paranoid_refusal_gives_the_fix() -> None:
         pytest.skip("perf_event_paranoid <= 0: unprivileged system-wide events are allowed")
     d = mt.shared_tmpdir()
     try:
-        root = fake_pmu(d, pmu_type=PERF_TYPE_SOFTWARE, cpumask="0",
-                        events={"energy-pkg": f"event={SW_CPU_CLOCK}"}, scale="1e-9")
+        root = fake_pmu(
+            d,
+            pmu_type=PERF_TYPE_SOFTWARE,
+            cpumask="0",
+            events={"energy-pkg": f"event={SW_CPU_CLOCK}"},
+            scale="1e-9",
+        )
         out = mt.run_as_nobody(lambda: open_perf(root, settle=0.02))
     finally:
         shutil.rmtree(d, ignore_errors=True)

@@ -160,9 +160,16 @@ def test_refusals() -> None:
         open_pyrapl(sensor=Broken())
 
 
-@pytest.mark.parametrize(("period", "exc"), [(0, ValueError), (-1, ValueError),
-                                             (float("nan"), ValueError), ("0.1", TypeError),
-                                             (True, TypeError)])
+@pytest.mark.parametrize(
+    ("period", "exc"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        ("0.1", TypeError),
+        (True, TypeError),
+    ],
+)
 def test_bad_period(period: object, exc: type) -> None:
     with pytest.raises(exc, match="period"):
         open_pyrapl(period=period, sensor=FakeSensor([1.0, 1.0]))  # type: ignore[arg-type]

@@ -54,8 +54,16 @@ def synthetic() -> Report:
         meter="model",
         window_s=0.1,
         cap_w=45.0,
-        knob={"value": 4, "lo": 0, "hi": 8, "step": 1.0, "policy": "pi", "band": 0.05,
-              "moves": 3, "reversals": 1},
+        knob={
+            "value": 4,
+            "lo": 0,
+            "hi": 8,
+            "step": 1.0,
+            "policy": "pi",
+            "band": 0.05,
+            "moves": 3,
+            "reversals": 1,
+        },
         name="search",
         timeline=[(0.0, 0.0, "adapt"), (0.1, 44.5, 4), (0.2, 46.0, 2.5), (0.3, 40.0, None)],
     )
@@ -89,8 +97,19 @@ def test_from_csv_rejects_other_files(tmp_path: Path) -> None:
 
 def test_to_dict_has_every_field() -> None:
     d = synthetic().to_dict()
-    for key in ("iterations", "duration_s", "energy_j", "avg_power_w", "peak_power_w",
-                "over_cap_fraction", "measured", "meter", "cap_w", "timeline", "label"):
+    for key in (
+        "iterations",
+        "duration_s",
+        "energy_j",
+        "avg_power_w",
+        "peak_power_w",
+        "over_cap_fraction",
+        "measured",
+        "meter",
+        "cap_w",
+        "timeline",
+        "label",
+    ):
         assert key in d
     assert d["label"] == "estimated"
 
@@ -99,8 +118,17 @@ def test_to_dict_has_every_field() -> None:
 def test_str_carries_units_and_measured_or_estimated(fake: FakeMeter) -> None:
     s = str(synthetic())
     assert "estimated" in s and "measured" not in s
-    for piece in ("1.500 s", "60.25 J", "55 W", "cap 45 W", "12.5% of the time", "adapt 3",
-                  "alternate 1", "knob (pi)", "1 reversals"):
+    for piece in (
+        "1.500 s",
+        "60.25 J",
+        "55 W",
+        "cap 45 W",
+        "12.5% of the time",
+        "adapt 3",
+        "alternate 1",
+        "knob (pi)",
+        "1 reversals",
+    ):
         assert piece in s, (piece, s)
     m = str(dataclasses.replace(synthetic(), measured=True, meter="msr"))
     assert "measured" in m and "estimated" not in m and "simulated" not in m
@@ -120,9 +148,13 @@ def test_missing_figures_are_null_in_json_and_csv_and_n_a_in_text(tmp_path: Path
         raise AssertionError(f"not strict JSON: {constant}")
 
     r = dataclasses.replace(
-        synthetic(), energy_j=math.nan, avg_power_w=math.nan, peak_power_w=math.nan,
-        over_cap_fraction=math.nan, budget_j=10.0, note="loop shorter than the meter's "
-        "sampling period (0.01 s)",
+        synthetic(),
+        energy_j=math.nan,
+        avg_power_w=math.nan,
+        peak_power_w=math.nan,
+        over_cap_fraction=math.nan,
+        budget_j=10.0,
+        note="loop shorter than the meter's sampling period (0.01 s)",
     )
     d = json.loads(r.to_json(), parse_constant=reject)
     assert d["energy_j"] is None and d["over_cap_fraction"] is None and d["note"] == r.note
@@ -131,7 +163,7 @@ def test_missing_figures_are_null_in_json_and_csv_and_n_a_in_text(tmp_path: Path
     assert back.over_cap_fraction is not None and math.isnan(back.over_cap_fraction)
     path = tmp_path / "r.csv"
     r.to_csv(path)
-    json.loads(path.read_text().splitlines()[0][len("# nrgloops report "):], parse_constant=reject)
+    json.loads(path.read_text().splitlines()[0][len("# nrgloops report ") :], parse_constant=reject)
     assert math.isnan(Report.from_csv(path).avg_power_w)
     s = str(r)
     assert "energy n/a" in s and "average n/a, peak n/a" in s and "over it n/a" in s

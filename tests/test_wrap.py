@@ -24,8 +24,9 @@ from tests.fakes import msr_tree as mt
 from tests.fakes import powercap_tree as pt
 
 MOD32 = 2**32
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,11 @@ def _fresh(shm: Path) -> Path:
 
 def _steps(limit: int) -> st.SearchStrategy[list[int]]:
     # small steps, steps near the modulus, and everything between
-    step = st.one_of(st.integers(0, min(1000, limit - 1)),
-                     st.integers(max(0, limit - 1000), limit - 1),
-                     st.integers(0, limit - 1))
+    step = st.one_of(
+        st.integers(0, min(1000, limit - 1)),
+        st.integers(max(0, limit - 1000), limit - 1),
+        st.integers(0, limit - 1),
+    )
     return st.lists(step, min_size=1, max_size=40)
 
 
@@ -85,8 +88,16 @@ def test_msr_wrap(shm: Path, vendor: str, esu: int, start: int, steps: list[int]
 # Units the kernel shows (whole nJ): 2^-14 J (Intel), 2^-15 J, 2^-16 J (AMD,
 # Sandy Bridge), server DRAM's 15.3 uJ, Sapphire Rapids' 1 J psys, and the
 # Atom decoding (2^ESU uJ).
-REAL_UNITS_NJ = (pt.CLIENT_UNIT_NJ, 10**9 >> 15, 10**9 >> 16, pt.DRAM_UNIT_NJ, 10**9,
-                 1000, 2000, 32000)
+REAL_UNITS_NJ = (
+    pt.CLIENT_UNIT_NJ,
+    10**9 >> 15,
+    10**9 >> 16,
+    pt.DRAM_UNIT_NJ,
+    10**9,
+    1000,
+    2000,
+    32000,
+)
 
 
 @SETTINGS

@@ -29,9 +29,7 @@ def _virtual(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True on a virtual machine (the CPU flags name a hypervisor)."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            return any(
-                line.startswith("flags") and " hypervisor" in line for line in f
-            )
+            return any(line.startswith("flags") and " hypervisor" in line for line in f)
     except OSError:
         return False
 

@@ -24,6 +24,7 @@ from nrgloops._ffi import ffi, lib
 
 __all__ = ["Searcher", "count", "count_overlapping_reference", "cpu_count"]
 
+
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity), at least 1."""
     try:

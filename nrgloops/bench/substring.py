@@ -81,7 +81,7 @@ FULL_FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def parse_caps(text: str) -> list[float]:
-    """"30,35,40" -> [30.0, 35.0, 40.0]; ValueError naming the bad entry."""
+    """ "30,35,40" -> [30.0, 35.0, 40.0]; ValueError naming the bad entry."""
     caps = []
     for part in text.split(","):
         part = part.strip()
@@ -422,9 +422,11 @@ class SubstringBench:
         power_cap = PowerCap(cap, window=self.window, meter=self.meter)
         total = threads_sum = 0
         searcher = Searcher(corpus, max_threads=self.cores)
-        with self._measure(sampler, "nrgloops", cap, len(patterns)) as m, searcher, nrg_adapt(
-            power_cap, knob=knob
-        ) as loop:
+        with (
+            self._measure(sampler, "nrgloops", cap, len(patterns)) as m,
+            searcher,
+            nrg_adapt(power_cap, knob=knob) as loop,
+        ):
             # The paper's loop: one string per iteration, with as many
             # threads as the knob says; the library moves the knob.
             for p in patterns:
@@ -454,8 +456,9 @@ class SubstringBench:
         assert gov is not None
         done, cores = self._done, self.cores
         with self._measure(sampler, "governor", cap, len(patterns)) as m:
-            total = gov.run(cap, lambda: _search_all(corpus, patterns, cores, done), sampler,
-                            self.window)
+            total = gov.run(
+                cap, lambda: _search_all(corpus, patterns, cores, done), sampler, self.window
+            )
         details: dict[str, Any] = {"matches": total, "governor": gov.name}
         if isinstance(gov, CgroupGovernor) and gov.trace.quota_cpus:
             q = gov.trace.quota_cpus
@@ -651,21 +654,38 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
         if not pts:
             continue
         x = [c for c, _ in pts]
-        ax_e.plot(x, [r["energy_rel"] for _, r in pts], marker=marker, color=color,
-                  label=names[mode])
-        ax_p.plot(x, [r["avg_power_w"] for _, r in pts], marker=marker, color=color,
-                  label=f"{names[mode]}: average")
-        ax_p.plot(x, [r["peak_power_w"] for _, r in pts], marker=marker, color=color,
-                  linestyle=":", fillstyle="none",
-                  label=f"{names[mode]}: peak ({meter['window_s']:g} s window)")
+        ax_e.plot(
+            x, [r["energy_rel"] for _, r in pts], marker=marker, color=color, label=names[mode]
+        )
+        ax_p.plot(
+            x,
+            [r["avg_power_w"] for _, r in pts],
+            marker=marker,
+            color=color,
+            label=f"{names[mode]}: average",
+        )
+        ax_p.plot(
+            x,
+            [r["peak_power_w"] for _, r in pts],
+            marker=marker,
+            color=color,
+            linestyle=":",
+            fillstyle="none",
+            label=f"{names[mode]}: peak ({meter['window_s']:g} s window)",
+        )
     base = [r for r in rows if r["mode"] == "uncapped"]
     ax_e.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uncapped")
     if caps_all:
         span = [min(caps_all), max(caps_all)]
         ax_p.plot(span, span, color="black", linestyle="--", linewidth=1, label="cap")
     if base:
-        ax_p.axhline(base[0]["avg_power_w"], color="gray", linestyle="--", linewidth=1,
-                     label="uncapped average")
+        ax_p.axhline(
+            base[0]["avg_power_w"],
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label="uncapped average",
+        )
     if doc.get("idle_w"):
         ax_p.axhline(doc["idle_w"], color="gray", linestyle=":", linewidth=1, label="idle")
     label = meter["label"]
@@ -701,8 +721,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
             "their power is in these figures"
         )
     if notes:
-        fig.text(0.5, 0.01, "\n".join(notes), ha="center", va="bottom", fontsize=8,
-                 color="dimgray")
+        fig.text(0.5, 0.01, "\n".join(notes), ha="center", va="bottom", fontsize=8, color="dimgray")
     fig.tight_layout(rect=(0, 0.03 * len(notes), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

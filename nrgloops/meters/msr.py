@@ -373,8 +373,13 @@ def _build(root: str, channels: list[_Channel], vendor: str) -> Meter:
     source = ffi.gc(out[0], lib.nrg_source_free)
     for ch in channels:
         rc = lib.nrg_counters_add_file(
-            source, ch.path.encode(), lib.NRG_CH_MSR, ch.address, ch.unit_j,
-            COUNTER_MODULUS, domains.index(ch.domain),
+            source,
+            ch.path.encode(),
+            lib.NRG_CH_MSR,
+            ch.address,
+            ch.unit_j,
+            COUNTER_MODULUS,
+            domains.index(ch.domain),
         )
         if rc == -errno.ENOSPC:
             raise NrgError(f"msr meter: more than {lib.NRG_MAX_CHANNELS} counters to read")
@@ -396,4 +401,3 @@ def _build(root: str, channels: list[_Channel], vendor: str) -> Meter:
             f"({len(channels)} counters, energy unit {unit_text})"
         ),
     )
-

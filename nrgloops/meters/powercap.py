@@ -148,6 +148,7 @@ def _name_domains(zones: list[_Zone]) -> list[_Zone]:
         taken.add(domain)
         z.domain = domain
         out.append(z)
+
     # each package followed by its parts, psys (and anything else) last
     def key(z: _Zone) -> tuple[int, int, tuple[int, ...]]:
         is_part = _PACKAGE.match(z.name) is not None or len(z.ids) > 1

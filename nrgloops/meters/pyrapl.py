@@ -219,9 +219,9 @@ def open_pyrapl(period: float = 0.01, sensor: Any = None) -> PyRaplMeter:
             f"pyrapl meter: pyRAPL's Sensor.energy() failed: {type(exc).__name__}: {exc}"
         ) from None
     sockets = sorted({pos // 2 for pos, v in enumerate(first) if v >= 0})
-    positions = [
-        pos for pos, v in enumerate(first) if v >= 0 and pos // 2 in sockets
-    ][: int(lib.NRG_MAX_DOMAINS)]
+    positions = [pos for pos, v in enumerate(first) if v >= 0 and pos // 2 in sockets][
+        : int(lib.NRG_MAX_DOMAINS)
+    ]
     if not positions:
         raise MeterUnavailable("pyrapl meter: pyRAPL reports no package or DRAM counter")
     domains = [f"{_DEVICES[pos % 2]}-{sockets.index(pos // 2)}" for pos in positions]

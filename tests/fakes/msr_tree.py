@@ -201,64 +201,110 @@ def _fill(tree: MsrTree, cpu: int, values: dict[int, int]) -> None:
 def intel_client(base: Path, esu: int = 14) -> MsrTree:
     """A one-package Intel laptop (Tiger Lake, family 6 model 0x8C): package,
     core, uncore and psys; no DRAM counter (reads 0)."""
-    tree = MsrTree(base, "intel", packages=1, cores=4, threads=2, model=0x8C,
-                   model_name="11th Gen Intel(R) Core(TM) i7-1185G7 @ 3.00GHz")
+    tree = MsrTree(
+        base,
+        "intel",
+        packages=1,
+        cores=4,
+        threads=2,
+        model=0x8C,
+        model_name="11th Gen Intel(R) Core(TM) i7-1185G7 @ 3.00GHz",
+    )
     for cpu in range(tree.ncpus):  # every CPU has the file; the meter reads the lead
         _fill(tree, cpu, {INTEL_UNITS: units_register(esu)} if cpu else {})
-    _fill(tree, 0, {
-        INTEL_UNITS: units_register(esu),
-        INTEL_PKG: 0xABCD_0000_1234_5678,  # high bits reserved: must be ignored
-        INTEL_PP0: 0x0800_0000,
-        INTEL_PP1: 0x0000_1000,
-        INTEL_PSYS: 0x2000_0000,
-    })
+    _fill(
+        tree,
+        0,
+        {
+            INTEL_UNITS: units_register(esu),
+            INTEL_PKG: 0xABCD_0000_1234_5678,  # high bits reserved: must be ignored
+            INTEL_PP0: 0x0800_0000,
+            INTEL_PP1: 0x0000_1000,
+            INTEL_PSYS: 0x2000_0000,
+        },
+    )
     return tree
 
 
 def intel_server(base: Path, packages: int = 2, model: int = 0x55, esu: int = 14) -> MsrTree:
     """A multi-socket Xeon (Skylake-SP by default, 0x55): package and DRAM per
     socket, DRAM in the fixed 15.3 uJ unit; PP0/PP1/psys read 0."""
-    tree = MsrTree(base, "intel", packages=packages, cores=2, threads=2, model=model,
-                   model_name="Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz")
+    tree = MsrTree(
+        base,
+        "intel",
+        packages=packages,
+        cores=2,
+        threads=2,
+        model=model,
+        model_name="Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz",
+    )
     for cpu in range(tree.ncpus):
         _fill(tree, cpu, {INTEL_UNITS: units_register(esu)})
     for p in range(packages):
-        _fill(tree, tree.lead_cpu(p), {
-            INTEL_PKG: 0x1000_0000 * (p + 1) + 17,
-            INTEL_DRAM: 0x0100_0000 * (p + 1) + 5,
-        })
+        _fill(
+            tree,
+            tree.lead_cpu(p),
+            {
+                INTEL_PKG: 0x1000_0000 * (p + 1) + 17,
+                INTEL_DRAM: 0x0100_0000 * (p + 1) + 5,
+            },
+        )
     return tree
 
 
 def intel_spr(base: Path, packages: int = 2) -> MsrTree:
     """A Sapphire Rapids server (0x8F): package and DRAM per socket (0x606
     unit) and one psys counter in the fixed 1 J unit."""
-    tree = MsrTree(base, "intel", packages=packages, cores=2, threads=1, model=0x8F,
-                   model_name="Intel(R) Xeon(R) Platinum 8480+")
+    tree = MsrTree(
+        base,
+        "intel",
+        packages=packages,
+        cores=2,
+        threads=1,
+        model=0x8F,
+        model_name="Intel(R) Xeon(R) Platinum 8480+",
+    )
     for cpu in range(tree.ncpus):
         _fill(tree, cpu, {INTEL_UNITS: units_register(14)})
     for p in range(packages):
-        _fill(tree, tree.lead_cpu(p), {
-            INTEL_PKG: 0x2000_0000 + p,
-            INTEL_DRAM: 0x0300_0000 + p,
-            INTEL_PSYS: 1000 + p,  # the second package's psys is not read
-        })
+        _fill(
+            tree,
+            tree.lead_cpu(p),
+            {
+                INTEL_PKG: 0x2000_0000 + p,
+                INTEL_DRAM: 0x0300_0000 + p,
+                INTEL_PSYS: 1000 + p,  # the second package's psys is not read
+            },
+        )
     return tree
 
 
-def amd_epyc(base: Path, packages: int = 2, cores: int = 4, threads: int = 2,
-             esu: int = 16) -> MsrTree:
+def amd_epyc(
+    base: Path, packages: int = 2, cores: int = 4, threads: int = 2, esu: int = 16
+) -> MsrTree:
     """A multi-socket AMD EPYC (Zen 3, family 0x19): package counter per
     socket, core counter per physical core, 15.26 uJ unit (ESU 16)."""
-    tree = MsrTree(base, "amd", packages=packages, cores=cores, threads=threads, family=0x19,
-                   model=0x01, model_name="AMD EPYC 7763 64-Core Processor")
+    tree = MsrTree(
+        base,
+        "amd",
+        packages=packages,
+        cores=cores,
+        threads=threads,
+        family=0x19,
+        model=0x01,
+        model_name="AMD EPYC 7763 64-Core Processor",
+    )
     for p in range(packages):
         for i, cpu in enumerate(tree.core_cpus(p)):
             _fill(tree, cpu, {AMD_CORE: 0x0010_0000 * (i + 1) + p})
-        _fill(tree, tree.lead_cpu(p), {
-            AMD_UNITS: units_register(esu),
-            AMD_PKG: 0x0400_0000 * (p + 1) + 3,
-        })
+        _fill(
+            tree,
+            tree.lead_cpu(p),
+            {
+                AMD_UNITS: units_register(esu),
+                AMD_PKG: 0x0400_0000 * (p + 1) + 3,
+            },
+        )
     for cpu in range(tree.ncpus):  # second threads: the file exists, nothing read there
         if not tree.path(cpu).exists():
             _fill(tree, cpu, {})

@@ -189,11 +189,17 @@ def server(base: Path, packages: int = 2, dram: bool = True) -> PowercapTree:
     """A multi-socket Xeon: package-N each with a dram subzone (15.3 uJ unit)."""
     t = PowercapTree(base)
     for p in range(packages):
-        t.add_zone(f"intel-rapl:{p}", f"package-{p}", 10_000_000 * (p + 1),
-                   constraints=_PKG_CONSTRAINTS)
+        t.add_zone(
+            f"intel-rapl:{p}", f"package-{p}", 10_000_000 * (p + 1), constraints=_PKG_CONSTRAINTS
+        )
         if dram:
-            t.add_zone(f"intel-rapl:{p}:0", "dram", 1_000_000 * (p + 1),
-                       unit_nj=DRAM_UNIT_NJ, constraints=(("long_term", 0, 976, 0),))
+            t.add_zone(
+                f"intel-rapl:{p}:0",
+                "dram",
+                1_000_000 * (p + 1),
+                unit_nj=DRAM_UNIT_NJ,
+                constraints=(("long_term", 0, 976, 0),),
+            )
     return t
 
 
@@ -227,7 +233,7 @@ def pyrapl_sensor(tree: PowercapTree, packages: int = 1) -> Any:
     def redirect(path: str) -> str:
         for prefix, target in mapping:
             if path.startswith(prefix):
-                return target + path[len(prefix):]
+                return target + path[len(prefix) :]
         return path
 
     real_open = builtins.open
