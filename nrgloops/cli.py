@@ -188,6 +188,38 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nrgloops.export import start_exporter
+
+    # Blocked before the server's threads start, so that they inherit it and
+    # the signals wait for sigwait below.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        try:
+            exporter = start_exporter(args.port, args.addr, args.meter, args.window)
+        except (ImportError, MeterUnavailable, ValueError, TypeError, OSError) as exc:
+            _err(f"serve: {exc}")
+            return EXIT_USAGE
+        m = exporter.sampler.meter
+        print(
+            f"nrgloops: serving {exporter.url} -- {m.label.upper()} by the {m.kind} meter "
+            f"({m.description.split(' -- ')[0]}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        with exporter:
+            sig = signal.sigwait(stop)
+        print(f"nrgloops: stopped by {signal.Signals(sig).name}", file=sys.stderr)
+        return 0
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ---------------------------------------------------------------------------
 # bench substring
 
 
@@ -324,6 +356,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     measure.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     measure.set_defaults(func=cmd_measure)
+
+    serve = sub.add_parser(
+        "serve",
+        help="a Prometheus exporter of the meter's energy and power",
+        description=(
+            "Serves /metrics for Prometheus: nrgloops_energy_joules_total and "
+            "nrgloops_power_watts per domain, with meter and measured labels. "
+            'Needs pip install "nrgloops[prometheus]".'
+        ),
+    )
+    serve.add_argument("--port", type=int, default=9108, help="TCP port (9108)")
+    serve.add_argument(
+        "--addr",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)",
+    )
+    serve.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
+    serve.add_argument("--window", type=float, help="power window, s (default: the meter's)")
+    serve.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_name", metavar="BENCH")
