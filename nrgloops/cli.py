@@ -1,7 +1,9 @@
 """The ``nrgloops`` command.
 
     nrgloops info                       what can be measured and governed here, and why not
-    nrgloops measure -- CMD ...         energy and average power of a command
+    nrgloops measure [-o F] -- CMD ...  energy, time, average and peak power of a command
+    nrgloops serve [--port 9108]        a Prometheus exporter of the meter's energy and power
+    nrgloops --version
     nrgloops bench substring [...]      the NRG-loop vs system governor sweep
     nrgloops governor restore           undo what a killed run left changed
 
@@ -19,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -154,9 +155,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from nrgloops.constraints import default_window
-    from nrgloops.meters import open_meter
-    from nrgloops.sampler import Sampler
+    from nrgloops.measure import measure
 
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
@@ -167,39 +166,67 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
         _err(f"measure: command not found: {cmd[0]}")
         return EXIT_USAGE
+    out = None
+    if args.output is not None:
+        suffix = Path(args.output).suffix.lower()
+        if suffix not in (".json", ".csv"):
+            _err(f"measure: -o must name a .json or .csv file, got {args.output!r}")
+            return EXIT_USAGE
+        try:  # before the command runs: no run is lost to a bad path
+            out = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as exc:
+            _err(f"measure: -o {args.output}: cannot write there ({exc.strerror or exc})")
+            return EXIT_USAGE
     try:
-        meter = open_meter(args.meter)
-    except (MeterUnavailable, ValueError) as exc:
-        _err(f"measure: {exc}")
-        return EXIT_USAGE
-    window = default_window(meter)
-    interrupted = False
-    with Sampler(meter) as s:
-        s.watch(window)
-        t0, e0 = time.monotonic(), s.energy()
-        peak = 0.0
-        proc = subprocess.Popen(cmd)
         try:
-            while proc.poll() is None:
-                time.sleep(0.05)
-                peak = max(peak, s.power(window))
-        except KeyboardInterrupt:
-            interrupted = True
-            proc.wait()
-        t, e = time.monotonic() - t0, s.energy() - e0
-    # The meters count the whole machine (a package, or all CPU time): the
-    # command's own share is not separated out, and the line says so.
-    print(
-        f"{' '.join(cmd)}: {t:.3f} s, {e:.2f} J, average {e / t if t > 0 else 0:.2f} W, "
-        f"peak {peak:.2f} W over {window:g} s windows -- {meter.label.upper()} by the "
-        f"{meter.kind} meter for the whole machine ({meter.description.split(' -- ')[0]})",
-        file=sys.stderr,
-    )
-    if interrupted:
-        print("nrgloops: interrupted", file=sys.stderr)
-        return EXIT_SIGINT
-    rc = proc.returncode
-    return rc if rc >= 0 else 128 - rc
+            result = measure(cmd, args.meter)
+        except (MeterUnavailable, ValueError) as exc:
+            _err(f"measure: {exc}")
+            return EXIT_USAGE
+        except OSError as exc:  # the command cannot be run (not executable, ...)
+            _err(f"measure: cannot run {cmd[0]}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        # The meters count the whole machine (a package, or all CPU time):
+        # the command's own share is not separated out, and the text says so.
+        print(result, file=sys.stderr)
+        if out is not None:
+            out.write(result.to_json() + "\n" if suffix == ".json" else result.to_csv())
+    finally:
+        if out is not None:
+            out.close()
+    return result.exit_status
+
+
+# ---------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nrgloops.export import start_exporter
+
+    # Blocked before the server's threads start, so that they inherit it and
+    # the signals wait for sigwait below.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        try:
+            exporter = start_exporter(args.port, args.addr, args.meter, args.window)
+        except (ImportError, MeterUnavailable, ValueError, TypeError, OSError) as exc:
+            _err(f"serve: {exc}")
+            return EXIT_USAGE
+        m = exporter.sampler.meter
+        print(
+            f"nrgloops: serving {exporter.url} -- {m.label.upper()} by the {m.kind} meter "
+            f"({m.description.split(' -- ')[0]}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        with exporter:
+            sig = signal.sigwait(stop)
+        print(f"nrgloops: stopped by {signal.Signals(sig).name}", file=sys.stderr)
+        return 0
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +333,7 @@ def cmd_governor_restore(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from nrgloops import __version__
     from nrgloops.bench.substring import MODES
     from nrgloops.control import POLICIES
     from nrgloops.governors import GOVERNORS
@@ -315,16 +343,47 @@ def _parser() -> argparse.ArgumentParser:
         prog="nrgloops",
         description="Hold a soft power cap or an energy budget from inside your own loops.",
     )
+    p.add_argument("--version", action="version", version=f"nrgloops {__version__}")
     sub = p.add_subparsers(dest="command_name", metavar="COMMAND")
     sub.required = True
 
     info = sub.add_parser("info", help="meters and governors this machine has, and why not")
     info.set_defaults(func=cmd_info)
 
-    measure = sub.add_parser("measure", help="run a command and print its energy and average power")
+    measure = sub.add_parser(
+        "measure",
+        help="run a command and print its energy, time, average and peak power",
+        description=(
+            "Runs CMD under the C sampler at the meter's period and prints, like `perf stat`, "
+            "its energy per domain and in total, its time, and its average and peak power, "
+            "measured or estimated. Exits with CMD's exit status."
+        ),
+    )
     measure.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
+    measure.add_argument(
+        "-o", "--output", metavar="FILE", help="also write the figures to FILE.json or FILE.csv"
+    )
     measure.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     measure.set_defaults(func=cmd_measure)
+
+    serve = sub.add_parser(
+        "serve",
+        help="a Prometheus exporter of the meter's energy and power",
+        description=(
+            "Serves /metrics for Prometheus: nrgloops_energy_joules_total and "
+            "nrgloops_power_watts per domain, with meter and measured labels. "
+            'Needs pip install "nrgloops[prometheus]".'
+        ),
+    )
+    serve.add_argument("--port", type=int, default=9108, help="TCP port (9108)")
+    serve.add_argument(
+        "--addr",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)",
+    )
+    serve.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
+    serve.add_argument("--window", type=float, help="power window, s (default: the meter's)")
+    serve.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_name", metavar="BENCH")

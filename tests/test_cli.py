@@ -101,7 +101,7 @@ def test_bad_flags_exit_2(tmp_path: Path) -> None:
 def test_measure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["measure", "--meter", "model", "--", sys.executable, "-c", "pass"]) == 0
     err = capsys.readouterr().err
-    assert " J," in err and " W" in err and "ESTIMATED" in err
+    assert " J   total" in err and " W   average power" in err and "ESTIMATED" in err
     assert main(["measure", "--meter", "model", "--", "sh", "-c", "exit 3"]) == 3
     assert main(["measure", "--", "no-such-command-xyz"]) == 2
     assert main(["measure"]) == 2
