@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from nrgloops.governor import CgroupGovernor, GovernorUnavailable
+from nrgloops.governors import CgroupGovernor, GovernorUnavailable
 
 __all__ = ["nrgloops_cgroups"]
 

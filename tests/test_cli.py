@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nrgloops.cli import main
-from nrgloops.governor import Journal, probe_governors
+from nrgloops.governors import Journal, probe_governors
 from tests.cgroups import nrgloops_cgroups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,12 @@ def test_governor_restore(
     doc = json.loads(j.path.read_text())
     doc["pid"] = 999_999_999
     j.path.write_text(json.dumps(doc))
-    assert main(["governor", "restore"]) == 0
+    # outside the trees the governors write: refused, named, exit 1
+    assert main(["governor", "restore"]) == 1
+    err = capsys.readouterr().err
+    assert "entry 0 skipped" in err and "outside the trees" in err
+    assert limit.read_text() == "15000000\n"
+    assert main(["governor", "restore", "--tree", str(tmp_path)]) == 0
     assert "undone: restored" in capsys.readouterr().out
     assert limit.read_text() == "28000000\n"
     assert not list(_journal.glob("*.json"))
