@@ -59,6 +59,27 @@ def test_bad_caps_exit_2_before_work(
     assert nrgloops_cgroups() == groups
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--caps", "30,30"], "30 given more than once"),
+        (["--caps", "30,35,30W"], "30 given more than once"),
+        (["--seed", "-1"], "seed must be an int"),
+        (["--size-mb", "1e30"], "must fit in memory"),
+        (["--size-mb", "inf"], "size_mb must be a finite number"),
+        (["--strings", "0"], "strings must be an integer >= 1"),
+    ],
+)
+def test_bad_values_exit_2_before_work(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["bench", "substring", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_unwritable_out_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
