@@ -200,7 +200,6 @@ def _wait_for(p: subprocess.Popen[str], marker: str, seen: list[str], timeout: f
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_mid_sweep(tmp_path: Path, _journal: Path, sig: int, code: int) -> None:
     governor = "cgroup" if probe_governors()["cgroup"] is None else "none"
-    groups = nrgloops_cgroups()
     out = tmp_path / "out"
     # So many strings that the uncapped run lasts minutes: interrupt it.
     p = _sweep(out, _journal, governor)
@@ -214,14 +213,13 @@ def test_interrupt_mid_sweep(tmp_path: Path, _journal: Path, sig: int, code: int
     assert (out / "substring.csv").exists() and (out / "substring.png").exists()
     doc = json.loads((out / "substring.json").read_text())
     assert doc["interrupted"] is True
-    assert nrgloops_cgroups() == groups
+    assert not nrgloops_cgroups(p.pid)
     assert not list(_journal.glob("*.json"))
 
 
 def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) -> None:
     if probe_governors()["cgroup"] is not None:
         pytest.skip("the cgroup governor is not available here")
-    groups = nrgloops_cgroups()
     out = tmp_path / "out"
     env = dict(os.environ, NRGLOOPS_JOURNAL_DIR=str(_journal), PYTHONUNBUFFERED="1")
     p = subprocess.Popen(
@@ -255,12 +253,12 @@ def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) 
     seen: list[str] = []
     _wait_for(p, "governor at a cap", seen)
     time.sleep(0.3)  # inside the governor's run: a cgroup exists now
-    held = nrgloops_cgroups() - groups
+    held = nrgloops_cgroups(p.pid)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, stderr
     assert held, "the governor's cgroup should have existed mid-run"
-    assert nrgloops_cgroups() == groups
+    assert not nrgloops_cgroups(p.pid)
     assert not list(_journal.glob("*.json"))
     with open(out / "substring.csv", newline="") as f:
         modes = [r["mode"] for r in csv.DictReader(f)]
