@@ -88,6 +88,11 @@ def test_tiny_sweep_writes_three_files(
     assert len(matches) == 1  # every mode did the same work
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("[uncapped]" in line for line in lines)
+    if meter == "fake":  # 10 W idle and uncapped: both caps are above what anything draws
+        warned = [line for line in lines if "warning: cap" in line]
+        assert len(warned) == 2 and all("at or above the uncapped" in w for w in warned)
+    for r in doc["rows"]:  # the governor's trace, read without knowing its kind
+        assert ("mean_quota_cpus" in r["details"]) == (r["mode"] == "governor")
     table = bench.table()
     assert "ESTIMATED" in table and "uncapped" in table
     assert not list((tmp_path / "journal").glob("*.json"))

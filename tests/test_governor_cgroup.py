@@ -135,27 +135,25 @@ def _start_cg_holder(journal: Path) -> subprocess.Popen[str]:
 @needs_cgroup
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cgroup_cleaned_on_signal(tmp_path: Path, sig: int) -> None:
-    before = nrgloops_cgroups()
     p = _start_cg_holder(tmp_path / "j")
-    assert len(nrgloops_cgroups() - before) == 1
+    assert len(nrgloops_cgroups(p.pid)) == 1
     p.send_signal(sig)
     p.wait(timeout=20)
-    assert nrgloops_cgroups() == before
+    assert not nrgloops_cgroups(p.pid)
     assert not list((tmp_path / "j").glob("*.json"))
 
 
 @needs_cgroup
 def test_restore_removes_a_left_cgroup_and_its_processes(tmp_path: Path) -> None:
-    before = nrgloops_cgroups()
     p = _start_cg_holder(tmp_path / "j")
-    (left,) = nrgloops_cgroups() - before
+    (left,) = nrgloops_cgroups(p.pid)
     p.kill()  # the run dies; its child dies with it (PR_SET_PDEATHSIG) but the group stays
     p.wait(timeout=10)
-    assert left in nrgloops_cgroups()
+    assert nrgloops_cgroups(p.pid) == {left}
     result = restore(tmp_path / "j", trees=_cgroupfs_trees())
     assert not result.errors, result.errors
     assert any("removed cgroup" in line for line in result.undone)
-    assert nrgloops_cgroups() == before
+    assert not nrgloops_cgroups(p.pid)
 
 
 def test_open_governor(tmp_path: Path) -> None:

@@ -295,9 +295,26 @@ def test_a_run_after_a_crashed_one_puts_the_original_back(tmp_path: Path) -> Non
     with PowercapGovernor(tree.root, journal=tmp_path / "j").applied(30):
         pass
     assert limits(tree.root) == before  # not the dead run's 20 W
-    result = restore(tmp_path / "j", trees=[tree.base])  # its journal: harmless now
-    assert not result.errors and limits(tree.root) == before
-    assert not _j(tmp_path)
+    assert not _j(tmp_path)  # the dead run's entries were taken over, then undone
+
+
+def test_a_run_killed_after_taking_over_leaves_the_original_to_restore(tmp_path: Path) -> None:
+    tree = server(tmp_path / "sys", packages=2)
+    before = limits(tree.root)
+    first = hold_powercap(tree.root, tmp_path / "j", 40)
+    first.kill()
+    first.wait(timeout=10)
+    (old_journal,) = _j(tmp_path)
+    second = hold_powercap(tree.root, tmp_path / "j", 30)
+    try:
+        assert not old_journal.exists()  # taken over by the second run
+        (journal,) = _j(tmp_path)
+        assert {c["old"] for c in json.loads(journal.read_text())["changes"]} == {"28000000"}
+    finally:
+        second.kill()
+        second.wait(timeout=10)
+    assert restore(tmp_path / "j", trees=[tree.base]).undone
+    assert limits(tree.root) == before
 
 
 def test_restore_after_both_overlapping_runs_crash(tmp_path: Path) -> None:

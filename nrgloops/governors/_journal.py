@@ -135,6 +135,16 @@ def read_journal(path: Path) -> Any:
         raise ValueError(f"not UTF-8 text ({exc.reason})") from None
 
 
+def _writes(entry: Any, path: str) -> bool:
+    """Whether a journal entry records a write to ``path`` with its old value."""
+    return (
+        isinstance(entry, dict)
+        and entry.get("op") == "write"
+        and entry.get("path") == path
+        and isinstance(entry.get("old"), str)
+    )
+
+
 def start_time(pid: int) -> str | None:
     """The process's start time in clock ticks (field 22 of /proc/PID/stat):
     with the pid it names a process uniquely (pids are reused)."""
@@ -196,16 +206,14 @@ class Journal:
         with self._lock:
             return list(self._entries.values())
 
-    def inherited(self, path: str) -> str | None:
-        """The value the oldest other journal here says ``path`` held before it
-        was written (a run that died holding it, or that failed to put it
-        back), or None.  A run that owns ``path`` now records that value as
-        its "old": the original comes back whatever the order of the runs."""
+    def _others_listing(self, path: str) -> list[tuple[Path, dict[str, Any]]]:
+        """The other journals here (oldest first) with a write to ``path``."""
         try:
             if not trusted_dir(self.directory, create=False):
-                return None
+                return []
         except JournalUntrusted:
-            return None
+            return []
+        out = []
         for other in reversed(journal_files(self.directory)):  # oldest first
             if other == self.path:
                 continue
@@ -214,15 +222,45 @@ class Journal:
             except (OSError, ValueError, NrgError):
                 continue  # `restore` reports it
             changes = doc.get("changes") if isinstance(doc, dict) else None
-            for entry in changes if isinstance(changes, list) else []:
-                if (
-                    isinstance(entry, dict)
-                    and entry.get("op") == "write"
-                    and entry.get("path") == path
-                    and isinstance(entry.get("old"), str)
-                ):
+            if isinstance(changes, list) and any(_writes(e, path) for e in changes):
+                out.append((other, doc))
+        return out
+
+    def inherited(self, path: str) -> str | None:
+        """The value the oldest other journal here says ``path`` held before it
+        was written (a run that died holding it, or that failed to put it
+        back), or None.  A run that owns ``path`` now records that value as
+        its "old": the original comes back whatever the order of the runs."""
+        for _, doc in self._others_listing(path):
+            for entry in doc["changes"]:
+                if _writes(entry, path):
                     return str(entry["old"])
         return None
+
+    def retire_others(self, path: str) -> None:
+        """Once this journal holds the inherited original of ``path``, drop the
+        entries for it from the journals of runs that are gone, so that none
+        is left listing a change this run now owns.  Best effort: an entry
+        left behind only writes the same original again."""
+        for other, doc in self._others_listing(path):
+            pid = doc.get("pid")
+            started = doc.get("started")
+            if not isinstance(pid, int) or alive(
+                pid, started if isinstance(started, str) else None
+            ):
+                continue  # a live run's own journal: its file, not ours to edit
+            rest = [e for e in doc["changes"] if not _writes(e, path)]
+            with contextlib.suppress(OSError):
+                if rest:
+                    doc["changes"] = rest
+                    tmp = other.with_suffix(".tmp")
+                    tmp.unlink(missing_ok=True)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    with os.fdopen(fd, "w", encoding="utf-8") as f:
+                        json.dump(doc, f, indent=1)
+                    os.replace(tmp, other)
+                else:
+                    other.unlink()
 
     def _flush(self) -> None:
         try:

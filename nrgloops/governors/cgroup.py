@@ -357,6 +357,9 @@ class CgroupGovernor(Governor):
                 if slope and self.idle_w is not None:
                     cpus = min(float(self.cpus), max(self.MIN_CPUS, (cap - self.idle_w) / slope))
                 set_quota(cpus)
+                times.append(time.monotonic())  # the first step: where the quota starts
+                watts_seen.append(float(read()))
+                quotas.append(cpus)
                 os.write(go_w, b"g")
                 next_t = time.monotonic() + dt
                 while True:

@@ -229,6 +229,7 @@ class PowercapGovernor(Governor):
                 err = exc
             else:
                 held.append((path, old, key))
+                journal.retire_others(str(path))  # this journal now holds the original
                 return
         if err.errno in (errno.EACCES, errno.EPERM) and os.geteuid() == 0:
             raise GovernorUnavailable(
