@@ -529,7 +529,13 @@ class PowerBudget:
             "joules": joules,
         }
         self.name, self.namespace, self.floor = name, namespace, floor
-        self._actor = _actor_class().options(**options).remote(watts, settings)
+        try:
+            self._actor = _actor_class().options(**options).remote(watts, settings)
+        except ValueError as exc:  # Ray: the name is taken
+            raise NrgError(
+                f"a power budget keeper named {name!r} already runs in this Ray namespace "
+                f"({exc}); use PowerBudget.connect({name!r}) or another name"
+            ) from None
         self._config: dict[str, Any] = ray.get(self._actor.config.remote())
 
     @classmethod
