@@ -136,7 +136,7 @@ _DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _RAISING: tuple[Any, ...] = (signal.default_int_handler, _raise_terminated)
 
 
-class _signals_deferred:  # noqa: N801 - used like the function it replaced
+class _signals_deferred:  # used like the function it replaced
     """Hold SIGINT/SIGTERM/SIGHUP across a change and its bookkeeping, or
     across a restore, so that a signal (a second Ctrl-C) cannot cut either
     in half; they are delivered again when the block ends.
@@ -335,7 +335,7 @@ def _undo_held(
     for label, undo, key in steps:
         try:
             undo()
-        except Exception as exc:  # noqa: BLE001 - every other step still runs
+        except Exception as exc:  # every other step still runs
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             failed.append(f"{label}: {why}")
         else:
@@ -954,7 +954,7 @@ class CgroupGovernor(Governor):
                 os._exit(3)  # the parent gave up before starting us
             try:
                 payload = pickle.dumps(("ok", workload()))
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            except BaseException as exc:  # reported to the parent
                 payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
                 status = 1
             os.write(res_w, struct.pack("<Q", len(payload)))

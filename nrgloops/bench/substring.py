@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nrgloops.bench import check_extra
 from nrgloops.bench.corpus import make_corpus, make_patterns
 from nrgloops.bench.machine import machine_info
 from nrgloops.bench.search import Searcher, cpu_count
@@ -337,6 +338,7 @@ class SubstringBench:
         live: Callable[[str], None] | None = None,
         powercap_root: str = "/sys/class/powercap",
     ) -> None:
+        check_extra()  # matplotlib too, before any work rather than at the figure
         config.validate()
         self.config = config
         self.log, self.live = log, live
