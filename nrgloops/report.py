@@ -247,10 +247,11 @@ class WindowStats:
       between samples, during which the windowed power was over ``cap``, over
       the same samples as the peak.
 
-    ``pull()`` takes the windowed power at every sample since the previous
-    pull, from the sampler's ring: call it at least every ``pull_every`` s so
-    that the ring still holds them (and once at the end).  Not thread-safe:
-    one caller at a time.
+    ``trace_every`` > 0 keeps a (time, windowed power) point at most that
+    often, in ``trace``, for a figure.  ``pull()`` takes the windowed power
+    at every sample since the previous pull, from the sampler's ring: call it
+    at least every ``pull_every`` s so that the ring still holds them (and
+    once at the end).  Not thread-safe: one caller at a time.
     """
 
     def __init__(
@@ -261,6 +262,7 @@ class WindowStats:
         domain: str | None = None,
         cap_w: float | None = None,
         t0: float | None = None,
+        trace_every: float = 0.0,
     ) -> None:
         self.sampler = sampler
         self.window = window
@@ -275,6 +277,9 @@ class WindowStats:
         self._over = [0.0, 0.0]
         self._covered = [0.0, 0.0]
         self._ends: list[tuple[float, float]] = []
+        # (time, windowed power) at most every trace_every s (0: none), for a figure
+        self.trace_every = trace_every
+        self.trace: list[tuple[float, float]] = []
         # pull often enough that the samples since the last pull, each with
         # its window of rows before it, are still in the ring
         self.pull_every = min(PULL_EVERY_S, max(MIN_PULL_S, (sampler.history - window) / 2.0))
@@ -288,6 +293,10 @@ class WindowStats:
         times, watts = self.sampler.series(
             self.after, self.window, self.domain, max_points=self._max_series
         )
+        if len(self._ends) == 2:  # ended: no sample after the end reading counts
+            stop = self._ends[1][0]
+            times = [t for t in times if t <= stop]
+            watts = watts[: len(times)]
         prev = self.after
         cap, gap, period = self.cap, self._gap, self.sampler.period
         inside_from = self.t0 + self.window
@@ -303,6 +312,11 @@ class WindowStats:
                 over[k] += dt
             if w > peak[k]:
                 peak[k] = w
+        if self.trace_every > 0:
+            trace, every = self.trace, self.trace_every
+            for t, w in zip(times, watts, strict=True):
+                if not trace or t - trace[-1][0] >= every:
+                    trace.append((t, w))
         if watts:
             self.last_w = watts[-1]
         self.after = prev
@@ -314,7 +328,8 @@ class WindowStats:
 
     def end(self, reading: tuple[float, float] | None = None) -> None:
         """The counter's reading at the run's end (default the newest row), and
-        a last pull."""
+        a last pull of the samples up to it (a reading taken at the end may be
+        given a little later, once the samples up to it are in the ring)."""
         if not self._ends:
             raise RuntimeError("WindowStats.end() before begin()")
         self._ends[1:] = [reading if reading is not None else self.sampler.latest(self.domain)]
