@@ -362,6 +362,12 @@ class WindowStats:
         return peak if peak > -math.inf else math.nan
 
     @property
+    def over_s(self) -> float:
+        """Seconds over the cap so far, at the samples whose window lies inside
+        the run (a counter: it never decreases)."""
+        return self._over[0]
+
+    @property
     def covered_s(self) -> float:
         """Time the counted samples cover, s."""
         return self._covered[self._which()]
