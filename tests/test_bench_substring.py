@@ -12,14 +12,17 @@ import pytest
 from nrgloops.bench.substring import (
     COLUMNS,
     Config,
+    Row,
     SubstringBench,
+    cap_warnings,
+    check_caps,
     format_table,
     parse_caps,
     plot,
     sweep_caps,
     thread_knob,
 )
-from nrgloops.governor import CgroupGovernor, GovernorUnavailable
+from nrgloops.governors import CgroupGovernor, GovernorUnavailable
 from nrgloops.testing import FakeMeter
 from tests.cgroups import nrgloops_cgroups
 
@@ -86,6 +89,11 @@ def test_tiny_sweep_writes_three_files(
     assert len(matches) == 1  # every mode did the same work
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("[uncapped]" in line for line in lines)
+    if meter == "fake":  # 10 W idle and uncapped: both caps are above what anything draws
+        warned = [line for line in lines if "warning: cap" in line]
+        assert len(warned) == 2 and all("at or above the uncapped" in w for w in warned)
+    for r in doc["rows"]:  # the governor's trace, read without knowing its kind
+        assert ("mean_quota_cpus" in r["details"]) == (r["mode"] == "governor")
     table = bench.table()
     assert "ESTIMATED" in table and "uncapped" in table
     assert not list((tmp_path / "journal").glob("*.json"))
@@ -100,9 +108,9 @@ def test_fake_meter_over_cap_sheds_threads(tmp_path: Path) -> None:
     (_, row) = bench.rows
     assert row.mode == "nrgloops"
     assert row.over_cap_fraction == 1.0
-    knob = row.details["knob"]
-    if bench.cores > 1:
-        assert knob["moves"] >= 1 and row.details["mean_threads"] < bench.cores
+    if bench.cores == 1:
+        pytest.skip("one core: the thread knob has a single level, no thread to shed")
+    assert row.details["knob"]["moves"] >= 1 and row.details["mean_threads"] < bench.cores
 
 
 def test_sweep_caps() -> None:
@@ -137,7 +145,40 @@ def test_parse_caps() -> None:
         (",", "at least one"),
     ]:
         with pytest.raises(ValueError, match=what):
-            parse_caps(bad)
+            check_caps(parse_caps(bad))
+    with pytest.raises(ValueError, match="30 given more than once"):
+        check_caps(parse_caps("30,35,30"))
+    with pytest.raises(TypeError, match=r"caps\[1\] must be a number of watts"):
+        check_caps([30.0, "35"])
+
+
+def test_config_refuses_what_the_machine_cannot_run() -> None:
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0, got -1"):
+        Config(seed=-1).validate()
+    with pytest.raises(TypeError, match="seed"):
+        Config(seed=1.5).validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size_mb must fit in memory.*MemAvailable"):
+        Config(size_mb=1e30).validate()
+    with pytest.raises(ValueError, match="caps must not repeat a value: 30"):
+        Config(caps=[30.0, 30.0]).validate()
+    Config(seed=2**40, size_mb=1).validate()  # numpy takes any seed >= 0
+
+
+def test_cap_warnings_say_which_mode_cannot_hold_a_cap() -> None:
+    knob = thread_knob(8)  # least setting: 2 of 8 threads
+    # idle 10 W, uncapped 50 W: the NRG-loop's floor is about 10 + 40 * 2/8 = 20 W
+    lines = cap_warnings([5.0, 15.0, 30.0, 50.0, 60.0], 10.0, 50.0, 8, knob)
+    assert len(lines) == 4
+    assert "5 W is below the idle power" in lines[0] and "no mode" in lines[0]
+    assert "15 W" in lines[1] and "NRG-loop cannot hold it" in lines[1]
+    assert "20.00 W" in lines[1] and "estimated" in lines[1]
+    assert "50 W is at or above the uncapped" in lines[2]
+    assert "60 W" in lines[3]
+    assert cap_warnings([30.0], 10.0, 50.0, 8, knob) == []
+
+
+def test_sweep_caps_are_distinct() -> None:
+    assert sweep_caps(10.0, 10.3, (0.3, 0.31, 0.9)) == [10.1, 10.3]
 
 
 def test_config_validation() -> None:
@@ -154,13 +195,28 @@ def test_config_validation() -> None:
 
 
 def test_plot_partial_and_table(tmp_path: Path) -> None:
-    # An interrupted sweep (only the uncapped row) still draws and prints.
+    # An interrupted sweep (the uncapped row and one capped row of the two
+    # asked for) still draws and prints what it has.
     fake = FakeMeter(watts=10.0)
-    bench = SubstringBench(
-        Config(caps=[5.0], governor="none", meter=fake, size_mb=1, strings=10, idle_s=0.05),
-        log=lambda _: None,
-    )
+    cfg = Config(caps=[5.0, 8.0], governor="none", meter=fake, size_mb=1, strings=10, idle_s=0.05)
+    bench = SubstringBench(cfg, log=lambda _: None)
+
+    def row(mode: str, cap: float | None, watts: float, over: float | None, rel: float) -> Row:
+        return Row(
+            mode, cap, watts, 10.5, over, 20.0 * rel, rel, 2.0, 1.0, True, "fake", {"matches": 3}
+        )
+
+    bench.rows = [row("uncapped", None, 10.0, None, 1.0), row("nrgloops", 5.0, 5.5, 0.25, 0.825)]
+    bench.idle_w = 4.0
     doc = bench.document(interrupted=True)
-    plot(doc, tmp_path / "empty.png")
-    assert (tmp_path / "empty.png").stat().st_size > 0
-    assert "MEASURED" in format_table([], fake)
+    assert doc["interrupted"] is True and [r["mode"] for r in doc["rows"]] == [
+        "uncapped",
+        "nrgloops",
+    ]
+    plot(doc, tmp_path / "partial.png")
+    assert (tmp_path / "partial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = format_table(bench.rows, fake).splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["uncapped", "nrgloops"]
+    assert lines[3].split()[1:6] == ["5", "5.50", "10.50", "25%", "16.5"]
+    assert "MEASURED" in lines[-1] or "SIMULATED" in lines[-1]
+    assert len(format_table([], fake).splitlines()) == 3  # header, rule, the meter line

@@ -12,10 +12,12 @@ search spread over ``threads`` threads.  Three modes do the same work:
   (the RAPL power limit, or a cgroup CPU quota moved by a power feedback loop).
 
 Every run is measured the same way, from one sampler on one meter that counts
-the whole machine (the cgroup governor's workload is a child process): energy
-from the meter's counter, time from the monotonic clock, the peak and the
-share of time over the cap from the windowed power at each sample (the first
-window of a run, which still averages over what came before, is left out).
+the whole machine (the cgroup governor's workload is a child process), by
+``nrgloops.report.WindowStats``, the project's one definition of average,
+peak and share over the cap (docs/architecture.md): the energy between two
+counter reads at the run's edges over the time between them, and the peak and
+the share of time over the cap from the windowed power at each sample whose
+window lies inside the run.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nrgloops import _checks
+from nrgloops._machine import available_memory, cpu_count, machine_info
+from nrgloops.bench import check_extra
 from nrgloops.bench.corpus import make_corpus, make_patterns
-from nrgloops.bench.machine import machine_info
-from nrgloops.bench.search import Searcher, cpu_count
+from nrgloops.bench.search import Searcher
 from nrgloops.constraints import PowerCap, default_window
 from nrgloops.control import POLICIES, Knob
-from nrgloops.governor import CgroupGovernor, Governor, open_governor
+from nrgloops.governors import GOVERNORS, Governor, open_governor
 from nrgloops.loops import nrg_adapt
 from nrgloops.meters import KINDS, Meter, open_meter
+from nrgloops.report import WindowStats
 from nrgloops.sampler import Sampler
 
 __all__ = [
@@ -51,6 +56,8 @@ __all__ = [
     "Config",
     "Row",
     "SubstringBench",
+    "cap_warnings",
+    "check_caps",
     "format_table",
     "parse_caps",
     "plot",
@@ -81,34 +88,65 @@ FULL_FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def parse_caps(text: str) -> list[float]:
-    """ "30,35,40" -> [30.0, 35.0, 40.0]; ValueError naming the bad entry."""
+    """ "30,35,40" -> [30.0, 35.0, 40.0]: the text's numbers only (ValueError
+    naming an entry that is not one); ``Config.validate`` checks the values."""
     caps = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            value = float(part.removesuffix("W").removesuffix("w"))
+            caps.append(float(part.removesuffix("W").removesuffix("w")))
         except ValueError:
             raise ValueError(f"--caps: {part!r} is not a number of watts") from None
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"--caps: each cap must be a finite number of watts > 0, got {part}")
-        caps.append(value)
-    if not caps:
-        raise ValueError("--caps: give at least one cap in watts, e.g. --caps 30,35,40")
     return caps
+
+
+def check_caps(caps: object) -> list[float]:
+    """The one check of a list of caps: numbers of watts > 0, each once."""
+    return _checks.numbers("caps", caps, "watts", lo=0.0, lo_open=True, distinct=True)
+
+
+def cap_warnings(
+    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob
+) -> list[str]:
+    """A line for each cap outside what the modes can hold, saying which
+    mode cannot: below idle none can; below the NRG-loop's least setting
+    (its lowest thread count, power estimated as idle plus that share of
+    the uncapped span) only a governor may; at or above uncapped there is
+    nothing to hold."""
+    floor_w = idle_w + (uncapped_w - idle_w) * knob.lo / max(cores, 1)
+    out = []
+    for cap in caps:
+        if cap < idle_w:
+            out.append(
+                f"cap {cap:g} W is below the idle power ({idle_w:.2f} W): no mode can hold it"
+            )
+        elif cap < floor_w:
+            out.append(
+                f"cap {cap:g} W is below what the NRG-loop's least setting ({knob.lo:g} "
+                f"thread(s)) draws, about {floor_w:.2f} W (estimated from idle and uncapped): "
+                "the NRG-loop cannot hold it; a governor may"
+            )
+        elif cap >= uncapped_w:
+            out.append(
+                f"cap {cap:g} W is at or above the uncapped power ({uncapped_w:.2f} W): nothing "
+                "to hold, every mode runs as uncapped"
+            )
+    return out
 
 
 def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> list[float]:
     """Caps at ``fractions`` of the way from the idle to the uncapped power,
-    rounded to 0.1 W."""
+    rounded to 0.1 W, each once, in increasing order."""
     if not uncapped_w > idle_w * 1.02:
         raise RuntimeError(
             f"the uncapped run ({uncapped_w:.2f} W) drew no more than idle ({idle_w:.2f} W), "
             "so there is no range of caps to sweep (was another program busy while idle "
             "was measured?); give the caps with --caps"
         )
-    return [round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions]
+    # Rounded, close fractions of a narrow span can meet: each cap once.
+    return sorted({round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions})
 
 
 def thread_knob(cores: int, policy: str = "step") -> Knob:
@@ -138,23 +176,30 @@ class Config:
 
     def validate(self) -> None:
         if self.caps is not None:
-            if not self.caps:
-                raise ValueError("caps: give at least one cap in watts")
-            for c in self.caps:
-                if isinstance(c, bool) or not isinstance(c, (int, float)):
-                    raise TypeError(f"caps must be numbers of watts, got {c!r}")
-                if not math.isfinite(c) or c <= 0:
-                    raise ValueError(f"caps must be finite numbers of watts > 0, got {c!r}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+            self.caps = check_caps(self.caps)
+        self.seed = _checks.count("seed", self.seed, lo=0)  # numpy refuses a negative seed
+        _checks.choice("policy", self.policy, POLICIES)
+        _checks.choice("governor", self.governor, GOVERNORS)
         if not isinstance(self.meter, Meter) and self.meter not in KINDS:
             raise ValueError(f"meter must be one of {', '.join(KINDS)}, got {self.meter!r}")
-        for name in ("size_mb", "target_s", "idle_s", "window"):
+        if self.size_mb is not None:
+            _checks.number("size_mb", self.size_mb, "MiB", lo=0.0, lo_open=True)
+        for name in ("target_s", "idle_s"):  # a day at most: longer is a typo
             v = getattr(self, name)
-            if v is not None and (not math.isfinite(v) or v <= 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        if self.strings is not None and self.strings < 1:
-            raise ValueError(f"strings must be >= 1, got {self.strings}")
+            if v is not None:
+                _checks.number(name, v, "seconds", lo=0.0, hi=86_400.0, lo_open=True)
+        if self.window is not None:
+            _checks.number("window", self.window, "seconds", lo=0.0, lo_open=True)
+        if self.strings is not None:  # a list of strings held in memory
+            _checks.count("strings", self.strings, lo=1, hi=10_000_000)
+        free = available_memory()
+        # The corpus is built in chunks, joined, then cut: about 3x its size at once.
+        if free is not None and 3 * self.size_bytes > free:
+            raise ValueError(
+                f"size_mb must fit in memory: a corpus of {self.size_bytes / (1 << 20):g} MiB "
+                f"needs about 3x that while it is built, more than the "
+                f"{free / (1 << 20):.0f} MiB available here (MemAvailable), got {self.size_mb!r}"
+            )
 
     @property
     def size_bytes(self) -> int:
@@ -213,8 +258,9 @@ class _Counter:
 
 
 class _Measure:
-    """Measures one run from the shared sampler, pulling the windowed power
-    from the ring in a thread (the ring holds ~10 s)."""
+    """One run: its window statistics (``nrgloops.report.WindowStats``, pulled
+    from the shared sampler in a thread: the ring holds ~10 s) and the CPU
+    time other programs used meanwhile."""
 
     def __init__(
         self,
@@ -223,25 +269,18 @@ class _Measure:
         cap: float | None,
         tick: Callable[[float], None] | None = None,
     ) -> None:
-        self.sampler, self.window, self.cap, self._tick = sampler, window, cap, tick
-        self.times: list[float] = []
-        self.watts: list[float] = []
+        self.sampler, self._tick = sampler, tick
+        self._window, self._cap = window, cap
+        self.stats = WindowStats(sampler, window, cap_w=cap)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nrg-bench-measure", daemon=True)
-        self.t0 = self.t1 = self.e0 = self.e1 = 0.0
         self.c0 = self.c1 = (0.0, 0.0)
-
-    def _pull(self) -> None:
-        after = self.times[-1] if self.times else self.t0
-        t, w = self.sampler.series(after, self.window)
-        self.times += t
-        self.watts += w
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
-            self._pull()
+            self.stats.pull()
             if self._tick is not None:
-                self._tick(self.watts[-1] if self.watts else math.nan)
+                self._tick(self.stats.last_w)
 
     def _cpu(self) -> tuple[float, float]:
         """(busy CPU seconds of the machine, CPU seconds of this process and
@@ -259,7 +298,7 @@ class _Measure:
     @property
     def background_cpus(self) -> float:
         """CPUs that other programs kept busy during the run, on average."""
-        if self.duration <= 0:
+        if not self.duration > 0:
             return math.nan
         return max(0.0, ((self.c1[0] - self.c0[0]) - (self.c1[1] - self.c0[1])) / self.duration)
 
@@ -271,40 +310,25 @@ class _Measure:
 
     def __enter__(self) -> _Measure:
         self.c0 = self._cpu()
-        self.t0, self.e0 = self._read()
+        self.stats = WindowStats(self.sampler, self._window, cap_w=self._cap)  # from now
+        self.stats.begin(self._read())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.t1, self.e1 = self._read()
+        end = self._read()
         self.c1 = self._cpu()
         self._stop.set()
         self._thread.join()
-        self._pull()
+        self.stats.end(end)
 
     @property
     def duration(self) -> float:
-        return self.t1 - self.t0
+        return self.stats.duration_s
 
     @property
     def energy(self) -> float:
-        return self.e1 - self.e0
-
-    def _inside(self) -> list[float]:
-        # Samples whose whole window lies inside the run (all, for a short run).
-        ts, ws = self.times, self.watts
-        full = [ws[i] for i in range(len(ws)) if self.t0 + self.window <= ts[i] <= self.t1]
-        return full or [ws[i] for i in range(len(ws)) if ts[i] <= self.t1]
-
-    def peak(self) -> float:
-        inside = self._inside()
-        return max(inside) if inside else self.energy / max(self.duration, 1e-9)
-
-    def over_cap(self) -> float | None:
-        inside = self._inside()
-        if self.cap is None or not inside:
-            return None
-        return sum(1 for w in inside if w > self.cap) / len(inside)
+        return self.stats.energy_j
 
 
 def _search_all(corpus: bytes, patterns: Sequence[bytes], threads: int, done: _Counter) -> int:
@@ -337,13 +361,18 @@ class SubstringBench:
         live: Callable[[str], None] | None = None,
         powercap_root: str = "/sys/class/powercap",
     ) -> None:
+        check_extra()  # matplotlib too, before any work rather than at the figure
         config.validate()
         self.config = config
         self.log, self.live = log, live
-        self.governor: Governor | None
-        self.governor, self.governor_why = open_governor(config.governor, powercap_root)
         self.meter: Meter = open_meter(config.meter)
         self.window = config.window or default_window(self.meter)
+        self.governor: Governor | None
+        self.governor, self.governor_why = open_governor(
+            config.governor, powercap_root, control_period=self.window
+        )
+        if self.governor is not None and config.caps:
+            _check_governor_caps(self.governor, config.caps)  # before anything is changed
         self.cores = cpu_count()
         self.rows: list[Row] = []
         self.idle_w: float | None = None
@@ -365,9 +394,9 @@ class SubstringBench:
         row = Row(
             mode=mode,
             cap_w=cap,
-            avg_power_w=e / t if t > 0 else math.nan,
-            peak_power_w=m.peak(),
-            over_cap_fraction=m.over_cap(),
+            avg_power_w=m.stats.average_w,
+            peak_power_w=m.stats.peak_w,
+            over_cap_fraction=m.stats.over_share(),
             energy_j=e,
             energy_rel=e / base.energy_j if base else 1.0,
             time_s=t,
@@ -444,8 +473,6 @@ class SubstringBench:
                 "matches": total,
                 "mean_threads": threads_sum / max(1, len(patterns)),
                 "knob": rep.knob,
-                "loop_over_cap_fraction": rep.over_cap_fraction,
-                "loop_peak_power_w": rep.peak_power_w,
             },
         )
 
@@ -456,13 +483,15 @@ class SubstringBench:
         assert gov is not None
         done, cores = self._done, self.cores
         with self._measure(sampler, "governor", cap, len(patterns)) as m:
-            total = gov.run(
-                cap, lambda: _search_all(corpus, patterns, cores, done), sampler, self.window
+            trace = gov.run(
+                cap,
+                lambda: _search_all(corpus, patterns, cores, done),
+                lambda: sampler.power(self.window),
             )
-        details: dict[str, Any] = {"matches": total, "governor": gov.name}
-        if isinstance(gov, CgroupGovernor) and gov.trace.quota_cpus:
-            q = gov.trace.quota_cpus
-            details["mean_quota_cpus"] = sum(q) / len(q)
+        details: dict[str, Any] = {"matches": trace.result, "governor": gov.name}
+        mean = trace.mean_setting()
+        if mean is not None:
+            details[f"mean_{trace.setting}"] = mean
         return self._row("governor", cap, m, details)
 
     # -- the sweep -------------------------------------------------------------
@@ -504,15 +533,22 @@ class SubstringBench:
                 total = _search_all(corpus, patterns, self.cores, self._done)
             self._base = self._row("uncapped", None, m, {"matches": total})
             self.corpus_info["matches"] = total
-            if isinstance(self.governor, CgroupGovernor) and self.idle_w is not None:
-                # The governor's model hint, from what we just measured.
-                span = self._base.avg_power_w - self.idle_w
-                if span > 0:
-                    self.governor.watts_per_cpu = span / self.cores
-                    self.governor.idle_w = self.idle_w
+            span = self._base.avg_power_w - self.idle_w
+            if self.governor is not None and span > 0:
+                # The governor's model, from what we just measured.
+                self.governor = self.governor.with_model(
+                    idle_w=self.idle_w, watts_per_cpu=span / self.cores
+                )
             # 4. the caps
             if not self.caps:
                 self.caps = sweep_caps(self.idle_w, self._base.avg_power_w, cfg.fractions)
+            if self.governor is not None:
+                _check_governor_caps(self.governor, self.caps)
+            knob = thread_knob(self.cores, cfg.policy)
+            for line in cap_warnings(
+                self.caps, self.idle_w, self._base.avg_power_w, self.cores, knob
+            ):
+                self.log(f"  warning: {line}")
             modes = ["nrgloops"] + (["governor"] if self.governor is not None else [])
             runs = len(self.caps) * len(modes)
             k = 0
@@ -585,6 +621,16 @@ class SubstringBench:
 
     def table(self) -> str:
         return format_table(self.rows, self.meter)
+
+
+def _check_governor_caps(gov: Governor, caps: Sequence[float]) -> None:
+    lo, hi = gov.cap_range()
+    bad = [c for c in caps if not lo <= c <= hi]
+    if bad:
+        raise ValueError(
+            f"caps {', '.join(f'{c:g}' for c in bad)} W: the {gov.name} governor can set caps "
+            f"in [{lo:g}, {hi:g}] W here; nothing was changed"
+        )
 
 
 def _cap_text(cap: float | None) -> str:
