@@ -4,6 +4,8 @@ leases on a local Ray (one ray.init for the module; skipped without Ray)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -93,6 +95,13 @@ class Sim:
         if w not in self.held:
             return 0.0
         return self.held[w] if now < self.until[w] else min(floor, self.held[w])
+
+
+def test_the_core_and_the_cluster_module_import_no_ray() -> None:
+    code = "import sys, nrgloops, nrgloops.cluster; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"  # Ray is imported when a keeper or lease is made
 
 
 # ---------------------------------------------------------------------------
