@@ -108,6 +108,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -725,8 +726,13 @@ class LeasedCap(PowerCap):
                     f"(floor {floor:g} W); is the keeper running and the budget not full?"
                 )
         self._following = True
+        # (the thread holds the cap weakly: a cap dropped without close() stops
+        # renewing, and its lease expires at the keeper)
         self._thread = threading.Thread(
-            target=self._run, name=f"nrgloops lease {budget.name}", daemon=True
+            target=_renewing,
+            args=(weakref.ref(self), self._stop, self.period / CHECKS_PER_PERIOD),
+            name=f"nrgloops lease {budget.name}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -876,21 +882,20 @@ class LeasedCap(PowerCap):
             left = max(0.0, min(1.0, (self._expires - now) / self._ttl))
             self._apply(min(self._watts, low + (self._lease - low) * left))
 
-    def _run(self) -> None:
-        # Wake every quarter period: renew when a period is up, or at once when
-        # the demand moved (its slack reaches the others a period sooner); while
-        # the keeper is away, keep shrinking toward the floor in between.
-        while not self._stop.wait(self.period / CHECKS_PER_PERIOD):
-            try:
-                now = time.monotonic()
-                if now - self._sent >= self.period * 0.999 or self._demand_moved():
-                    self._renew()
-                elif not self._reachable:
-                    with self._lock:
-                        self._shrink(now)
-            except Exception as exc:  # never let the thread die: shrink and retry
-                self._warn_once(type(exc).__name__, f"LeasedCap: renewal failed: {exc}")
-                self._fallback(time.monotonic(), answered=False)
+    def _check(self) -> None:
+        """Every quarter period: renew when a period is up, or at once when the
+        demand moved (its slack reaches the others a period sooner); while the
+        keeper is away, keep shrinking toward the floor in between."""
+        try:
+            now = time.monotonic()
+            if now - self._sent >= self.period * 0.999 or self._demand_moved():
+                self._renew()
+            elif not self._reachable:
+                with self._lock:
+                    self._shrink(now)
+        except Exception as exc:  # never let the thread die: shrink and retry
+            self._warn_once(type(exc).__name__, f"LeasedCap: renewal failed: {exc}")
+            self._fallback(time.monotonic(), answered=False)
 
     def _warn_once(self, key: str, text: str) -> None:
         if key not in self._warned:
@@ -924,6 +929,15 @@ class LeasedCap(PowerCap):
             f"LeasedCap({self._watts:g} W of budget {self.budget.name!r}, "
             f"floor {self.floor:g} W, {self.meter.kind}, {self.meter.label})"
         )
+
+
+def _renewing(ref: weakref.ref[LeasedCap], stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        cap = ref()
+        if cap is None:
+            return
+        cap._check()
+        del cap
 
 
 class _LeasedEnergy(EnergyBudget):

@@ -3,6 +3,7 @@ leases on a local Ray (one ray.init for the module; skipped without Ray)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import subprocess
 import sys
@@ -439,6 +440,21 @@ def test_a_killed_workers_watts_return_within_the_expiry(budget: PowerBudget) ->
         assert took <= budget.status()["expiry_s"] + 2 * FAST + 1.0  # + a loaded CI's delays
     finally:
         here.close()
+
+
+@needs_ray
+def test_a_cap_dropped_without_close_stops_renewing(budget: PowerBudget) -> None:
+    cap = LeasedCap(budget, meter=FakeMeter(40.0), demand=1000.0)
+    worker = cap._id
+    thread = cap._thread
+    del cap
+    gc.collect()
+    thread.join(timeout=5.0)
+    assert not thread.is_alive()
+    # its lease expires at the keeper: only its floor stays booked
+    assert wait_for(
+        lambda: budget.status()["workers"][worker]["state"] == "silent", timeout=3 * FAST + 2
+    )
 
 
 @needs_ray
