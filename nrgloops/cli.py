@@ -248,6 +248,8 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be a number > 0, got {v}")
         if args.strings is not None and args.strings < 1:
             raise ValueError(f"--strings must be >= 1, got {args.strings}")
+        if not 1 <= args.repeat <= 100:
+            raise ValueError(f"--repeat must be a number of rounds in [1, 100], got {args.repeat}")
         config = Config(
             caps=caps,
             governor=args.governor,
@@ -259,6 +261,7 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
             strings=args.strings,
             target_s=args.target_s,
             idle_s=args.idle_s,
+            repeat=args.repeat,
         )
         live = _Live()
         bench = SubstringBench(config, log=live.log, live=live if live.tty else None)
@@ -398,6 +401,14 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--strings", type=int, help="strings to look up (default: ~TARGET_S uncapped)")
     sb.add_argument("--target-s", type=float, help="seconds of the uncapped run (4 quick, 15)")
     sb.add_argument("--idle-s", type=float, help="seconds of idle measurement (1 quick, 3)")
+    sb.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rounds of the sweep; the figure shows medians with min-max bars "
+        "(with --quick, N > 1 repeats one cap, to keep to about a minute)",
+    )
     sb.set_defaults(func=cmd_bench_substring)
 
     gov = sub.add_parser("governor", help="governor maintenance")
