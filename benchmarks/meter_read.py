@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))  # tests.fakes, when run from a checkout
 
 from nrgloops import Sampler  # noqa: E402
 from nrgloops._ffi import ffi, lib  # noqa: E402
-from nrgloops.bench.machine import machine_info, machine_line  # noqa: E402
+from nrgloops._machine import machine_info, machine_line  # noqa: E402
 from nrgloops.meters.msr import open_msr  # noqa: E402
 from nrgloops.meters.powercap import open_powercap  # noqa: E402
 from nrgloops.testing import FakeMeter  # noqa: E402

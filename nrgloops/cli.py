@@ -10,7 +10,8 @@
 Exit codes: 0 success; 1 a failure while running; 2 bad input or something
 asked for that this machine does not have (nothing was changed); 130 after
 Ctrl-C and 143 after SIGTERM (the system restored, finished rows written);
-``measure`` returns the command's own exit code.
+``measure`` returns the command's own exit code; ``governor restore`` returns
+1 when a change could not be undone or a bad journal (entry) was skipped.
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ def _meters_report() -> tuple[list[str], str]:
 
 
 def _governors_report() -> tuple[list[str], str]:
-    from nrgloops.governor import CgroupGovernor, PowercapGovernor, open_governor, probe_governors
+    from nrgloops.governors import (
+        CgroupGovernor,
+        PowercapGovernor,
+        open_governor,
+        probe_governors,
+    )
 
     lines = []
     reasons = probe_governors()
@@ -110,8 +116,8 @@ def _governors_report() -> tuple[list[str], str]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from nrgloops import __version__
-    from nrgloops.bench.machine import machine_info
-    from nrgloops.governor import journal_dir
+    from nrgloops._machine import machine_info
+    from nrgloops.governors import JournalUntrusted, journal_dir, trusted_dir
 
     m = machine_info()
     print(f"nrgloops {__version__}")
@@ -129,7 +135,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\n".join(glines))
     print(f"  --governor auto picks: {gbest}")
     jd = journal_dir()
-    left = sorted(jd.glob("*.json")) if jd.is_dir() else []
+    try:
+        left = sorted(jd.glob("*.json")) if trusted_dir(jd, create=False) else []
+    except JournalUntrusted as exc:
+        print(f"governor journal: not used: {exc}")
+        return 0
     if left:
         print(
             f"governor journal: {jd}: {len(left)} run(s) left changes: "
@@ -237,19 +247,13 @@ def _writable_dir(path: str) -> Path:
 
 def cmd_bench_substring(args: argparse.Namespace) -> int:
     from nrgloops.bench.substring import Config, SubstringBench, parse_caps
-    from nrgloops.governor import GovernorUnavailable, Terminated, signals_raise
+    from nrgloops.governors import GovernorUnavailable, Terminated, signals_raise
 
-    # Everything that can be wrong is checked here, before any work.
+    # Everything that can be wrong is checked here, before any work: the
+    # values by Config.validate (one check each), the governor and the meter
+    # by SubstringBench, the output directory by _writable_dir.
     try:
         caps = parse_caps(args.caps) if args.caps is not None else None
-        for name in ("size_mb", "idle_s", "target_s"):
-            v = getattr(args, name)
-            if v is not None and not (v > 0 and v != float("inf")):
-                raise ValueError(f"--{name.replace('_', '-')} must be a number > 0, got {v}")
-        if args.strings is not None and args.strings < 1:
-            raise ValueError(f"--strings must be >= 1, got {args.strings}")
-        if not 1 <= args.repeat <= 100:
-            raise ValueError(f"--repeat must be a number of rounds in [1, 100], got {args.repeat}")
         config = Config(
             caps=caps,
             governor=args.governor,
@@ -308,19 +312,22 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
 
 
 def cmd_governor_restore(args: argparse.Namespace) -> int:
-    from nrgloops.governor import journal_dir, restore
+    from nrgloops.governors import governed_trees, journal_dir, restore
 
     where = Path(args.dir) if args.dir else journal_dir()
-    result = restore(where, force=args.force)
+    trees = governed_trees() + [Path(t) for t in args.tree or ()]
+    result = restore(where, force=args.force, trees=trees)
     for line in result.undone:
         print(f"undone: {line}")
     for line in result.skipped:
         print(f"skipped: {line}")
+    for line in result.bad:
+        print(f"skipped, bad journal: {line}", file=sys.stderr)
     for line in result.errors:
         print(f"error: {line}", file=sys.stderr)
-    if not (result.undone or result.skipped or result.errors):
+    if not (result.undone or result.skipped or result.errors or result.bad):
         print(f"nothing to restore: no journal left in {where}")
-    return EXIT_FAIL if result.errors else 0
+    return EXIT_FAIL if (result.errors or result.bad) else 0
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     from nrgloops import __version__
     from nrgloops.bench.substring import MODES
     from nrgloops.control import POLICIES
-    from nrgloops.governor import GOVERNORS
+    from nrgloops.governors import GOVERNORS
     from nrgloops.meters import KINDS
 
     p = argparse.ArgumentParser(
@@ -417,6 +424,12 @@ def _parser() -> argparse.ArgumentParser:
     rest = gsub.add_parser("restore", help="undo the changes a killed run left")
     rest.add_argument("--force", action="store_true", help="also undo those of runs still alive")
     rest.add_argument("--dir", help="journal directory (default: see `nrgloops info`)")
+    rest.add_argument(
+        "--tree",
+        action="append",
+        metavar="DIR",
+        help="also restore files under DIR (a governor run on another powercap root); repeatable",
+    )
     rest.set_defaults(func=cmd_governor_restore)
     return p
 
