@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
-__all__ = ["boolean", "count", "hashable", "number", "numbers", "path"]
+__all__ = ["boolean", "choice", "count", "hashable", "number", "numbers", "path"]
 
 
 def number(
@@ -129,3 +129,13 @@ def numbers(
             shown = ", ".join(f"{v:g}" for v in twice)
             raise ValueError(f"{name} must not repeat a value: {shown} given more than once")
     return out
+
+
+def choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of the str ``choices`` (a kind, a policy), nothing else."""
+    listed = ", ".join(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {listed} (a str), not {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+    return value

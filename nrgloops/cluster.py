@@ -66,6 +66,16 @@ weight: the baseline of ``benchmarks/cluster.py``).  A target is granted at the
 worker's next renewal, within what the other workers' leases leave free; so slack
 freed by one worker is in use by another within about two periods.
 
+Energy
+------
+``PowerBudget(watts, joules=J)`` adds an energy pool for truncated loops:
+``truncate(items, cap.energy)`` stops when this worker's allowance is spent.  At each
+renewal the allowance is topped up to what the worker used plus what its lease would
+use over ``expiry + period``, while the pool lasts; the allowances never sum above
+``joules``.  A worker that leaves (``close()``) gives back what it did not use; a dead
+one's allowance stays spent (the keeper cannot know what it used), and a restarted
+keeper, which does not know what the fleet used before, grants no more energy.
+
 How it relates to the system-level balancers
 --------------------------------------------
 GEOPM's ``power_balancer`` agent starts from an even split of the job's budget, has
@@ -101,7 +111,7 @@ from typing import Any, NamedTuple
 
 from nrgloops import _checks
 from nrgloops._errors import NrgError
-from nrgloops.constraints import PowerCap
+from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.meters import Meter
 
 __all__ = ["POLICIES", "LeaseState", "LeasedCap", "PowerBudget"]
@@ -113,6 +123,7 @@ EXPIRY_PERIODS = 3.0  # a lease lives three periods: one lost renewal costs noth
 FORGET_EXPIRIES = 20.0  # a silent worker's floor stays booked this many expiries
 LOWER, UPPER = 0.90, 0.95  # Slurm's thresholds, for workers that report no demand
 _EPS = 1e-9  # watts: what float sums may be off by
+_TINY_J = 1e-9  # an allowance of nothing (an EnergyBudget must be > 0 J)
 
 
 def _ray() -> Any:
@@ -149,6 +160,8 @@ class _Worker:
     high: float = 0.0  # a higher lease the worker may still use (a lowering not acknowledged)
     high_until: float = -math.inf  # ...until then (the old lease's expiry)
     seq: int = -1
+    allowed_j: float = 0.0  # joules it may use since it joined (the energy pool)
+    used_j: float = math.nan  # joules it said it used
 
     def live(self, now: float) -> bool:
         return self.granted > 0 and now < self.expires
@@ -204,8 +217,15 @@ class _Ledger:
         policy: str,
         now: float,
         restarted: bool = False,
+        joules: float | None = None,
     ) -> None:
         self.watts = watts
+        self.joules = joules  # the energy pool, J (None: no energy budget)
+        self.joules_left = math.inf if joules is None else joules
+        if restarted and joules is not None:
+            # what the fleet used before the restart is not known: grant no more
+            # energy (workers keep the allowances they hold; held_j below)
+            self.joules_left = 0.0
         self.period = period
         self.expiry = expiry
         self.forget = forget
@@ -269,14 +289,19 @@ class _Ledger:
         epoch: str,
         seq: int,
         now: float,
+        used_j: float = math.nan,
+        held_j: float = 0.0,
     ) -> float:
         """One renewal (or a first call): the worker's new lease in watts, valid
-        ``expiry`` s; 0 means "no lease now, keep what you hold and ask again"."""
+        ``expiry`` s; 0 means "no lease now, keep what you hold and ask again".
+        With an energy pool, ``used_j`` is what the worker used since it joined,
+        and its allowance (``workers[worker].allowed_j``) is topped up."""
         floor = _checks.number("floor", floor, "watts", lo=0.0, lo_open=True)
         weight = _checks.number("weight", weight, lo=0.0, lo_open=True)
         demand = _demand("demand", demand)
         drawn = _demand("drawn", drawn)
         held = _checks.number("held", held, "watts", lo=0.0)
+        used_j = math.nan if used_j != used_j else _checks.number("used_j", used_j, "joules", lo=0)
         self._tidy(now)
         e = self.workers.get(worker)
         if e is None:
@@ -292,6 +317,7 @@ class _Ledger:
                 # a worker that holds watts the keeper does not know of (a lease of its
                 # previous life, or one it forgot): they are in force, so count them
                 e.granted, e.expires = held, now + self.expiry
+            e.allowed_j = _checks.number("held_j", held_j, "joules", lo=0.0)
         e.floor, e.weight, e.demand, e.drawn, e.seen = floor, weight, demand, drawn, now
         e.want = self._want(e)
         if held <= e.granted + _EPS:
@@ -311,7 +337,20 @@ class _Ledger:
         if grant < current - _EPS:
             e.high, e.high_until = current, max(e.expires, e.high_until)
         e.granted, e.expires = grant, now + self.expiry
+        self._top_up(e, used_j, grant)
         return grant
+
+    def _top_up(self, e: _Worker, used_j: float, grant: float) -> None:
+        """Energy: allow the worker what its lease would use until a few renewals on."""
+        if used_j == used_j:
+            e.used_j = used_j
+        if self.joules is None:
+            return
+        used = e.used_j if e.used_j == e.used_j else 0.0
+        want = used + grant * (self.expiry + self.period)
+        extra = min(max(want - e.allowed_j, 0.0), self.joules_left)
+        e.allowed_j += extra
+        self.joules_left -= extra
 
     def ack(self, worker: str, seq: int) -> None:
         """The worker applied the lease of renewal ``seq``: a lowering is done."""
@@ -319,8 +358,12 @@ class _Ledger:
         if e is not None and e.seq == seq:
             e.high_until = -math.inf
 
-    def leave(self, worker: str) -> None:
-        self.workers.pop(worker, None)
+    def leave(self, worker: str, used_j: float = math.nan) -> None:
+        """The worker is done; with ``used_j`` (what it used since it joined) the
+        joules it was allowed and did not use go back to the energy pool."""
+        e = self.workers.pop(worker, None)
+        if e is not None and self.joules is not None and used_j == used_j:
+            self.joules_left += max(e.allowed_j - used_j, 0.0)
 
     def status(self, now: float) -> dict[str, Any]:
         self._tidy(now)
@@ -328,6 +371,8 @@ class _Ledger:
         return {
             "watts": self.watts,
             "reserved_w": self.reserved(now),
+            "joules": self.joules,
+            "joules_left": self.joules_left,
             "epoch": self.epoch,
             "warming": now < self.warm_until,
             "period_s": self.period,
@@ -341,6 +386,8 @@ class _Ledger:
                     "demand_w": e.demand,
                     "drawn_w": e.drawn,
                     "floor_w": e.floor,
+                    "allowed_j": e.allowed_j,
+                    "used_j": e.used_j,
                     "weight": e.weight,
                     "state": "live" if e.live(now) else "waiting" if e.granted <= 0 else "silent",
                 }
@@ -363,17 +410,26 @@ class _Keeper:
 
     def config(self) -> dict[str, Any]:
         lg = self._ledger
-        return {"watts": lg.watts, "period": lg.period, "expiry": lg.expiry, "epoch": lg.epoch}
+        return {
+            "watts": lg.watts,
+            "joules": lg.joules,
+            "period": lg.period,
+            "expiry": lg.expiry,
+            "epoch": lg.epoch,
+        }
 
-    def renew(self, worker: str, report: dict[str, Any]) -> tuple[str, float, float]:
-        grant = self._ledger.renew(worker, now=time.monotonic(), **report)
-        return self._ledger.epoch, grant, self._ledger.expiry
+    def renew(self, worker: str, report: dict[str, Any]) -> tuple[str, float, float, float]:
+        lg = self._ledger
+        grant = lg.renew(worker, now=time.monotonic(), **report)
+        e = lg.workers.get(worker)
+        allowed = math.inf if lg.joules is None else e.allowed_j if e is not None else 0.0
+        return lg.epoch, grant, lg.expiry, allowed
 
     def ack(self, worker: str, seq: int) -> None:
         self._ledger.ack(worker, seq)
 
-    def leave(self, worker: str) -> None:
-        self._ledger.leave(worker)
+    def leave(self, worker: str, used_j: float = math.nan) -> None:
+        self._ledger.leave(worker, used_j)
 
     def status(self) -> dict[str, Any]:
         return self._ledger.status(time.monotonic())
@@ -409,6 +465,10 @@ class PowerBudget:
         headroom: what a worker gets over its demand, a fraction in [0, 1) (default 0.05).
         policy: "balance" (move slack to the capped workers; the default) or "even"
             (shares by weight only, demands ignored).
+        joules: an energy pool for the fleet's truncated loops, J (> 0), or None.
+            Each worker's ``cap.energy`` (an EnergyBudget) is then its allowance,
+            topped up at each renewal by what its lease would use until the next
+            few; the allowances never sum above ``joules``.
         namespace: the Ray namespace of the keeper (default: the job's).
         detached: keep the keeper alive after this driver exits (Ray's detached lifetime).
         max_restarts: how often Ray may restart a keeper that died (-1: always).
@@ -427,11 +487,14 @@ class PowerBudget:
         forget: float | None = None,
         headroom: float = 0.05,
         policy: str = "balance",
+        joules: float | None = None,
         namespace: str | None = None,
         detached: bool = False,
         max_restarts: int = -1,
     ) -> None:
         watts = _checks.number("watts", watts, "watts", lo=0.0, lo_open=True)
+        if joules is not None:
+            joules = _checks.number("joules", joules, "joules", lo=0.0, lo_open=True)
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, not {name!r}")
         period = _checks.number("period", period, "seconds", lo=0.0, lo_open=True)
@@ -463,6 +526,7 @@ class PowerBudget:
             "forget": forget,
             "headroom": headroom,
             "policy": policy,
+            "joules": joules,
         }
         self.name, self.namespace, self.floor = name, namespace, floor
         self._actor = _actor_class().options(**options).remote(watts, settings)
@@ -627,6 +691,9 @@ class LeasedCap(PowerCap):
         self._reachable = False
         self._warned: set[str] = set()
         self._last_read = self._read()
+        self._j0 = self._last_read[1]
+        self._allowed_j = 0.0
+        self._energy = _LeasedEnergy(self) if budget._config.get("joules") is not None else None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         #: (monotonic s, watts in force, answered) after every renewal
@@ -684,6 +751,18 @@ class LeasedCap(PowerCap):
         return self
 
     @property
+    def energy(self) -> EnergyBudget:
+        """This worker's share of the budget's joules, for ``truncate(items, cap.energy)``:
+        an EnergyBudget whose ``joules`` follow the allowance (counted from when the
+        cap was taken: start the truncated loop then).  Only with ``PowerBudget(joules=)``."""
+        if self._energy is None:
+            raise NrgError(
+                f"the power budget {self.budget.name!r} has no energy pool: "
+                "start it with PowerBudget(watts, joules=...)"
+            )
+        return self._energy
+
+    @property
     def lease(self) -> LeaseState:
         """The lease now."""
         with self._lock:
@@ -722,6 +801,8 @@ class LeasedCap(PowerCap):
             "held": self._watts if self._lease > 0 else 0.0,  # what is in force now
             "epoch": self._epoch,
             "seq": self._seq,
+            "used_j": j - self._j0,
+            "held_j": self._allowed_j if self._allowed_j < math.inf else 0.0,
         }
 
     def _renew(self) -> bool:
@@ -730,7 +811,7 @@ class LeasedCap(PowerCap):
         self._seq += 1
         report = self._report()
         try:
-            epoch, grant, ttl = self._ray.get(
+            epoch, grant, ttl, allowed_j = self._ray.get(
                 self._actor.renew.remote(self._id, report), timeout=self.period
             )
         except Exception as exc:  # unreachable, restarting, refused, too slow
@@ -745,6 +826,9 @@ class LeasedCap(PowerCap):
             return False
         with self._lock:
             self._epoch, self._lease, self._ttl = epoch, float(grant), float(ttl)
+            self._allowed_j = max(self._allowed_j, float(allowed_j))  # never taken back
+            if self._energy is not None:
+                self._energy._follow(self._allowed_j)
             self._expires = sent + self._ttl
             self._apply(self._lease)
             self._renewals += 1
@@ -789,8 +873,9 @@ class LeasedCap(PowerCap):
         with self._lock:
             self._apply(min(self.floor, self._watts))
             self._lease = 0.0
+        used_j = self._read()[1] - self._j0
         with contextlib.suppress(Exception):  # the keeper is away: the lease expires alone
-            self._ray.get(self._actor.leave.remote(self._id), timeout=self.period)
+            self._ray.get(self._actor.leave.remote(self._id, used_j), timeout=self.period)
 
     def __enter__(self) -> LeasedCap:
         return self
@@ -803,3 +888,28 @@ class LeasedCap(PowerCap):
             f"LeasedCap({self._watts:g} W of budget {self.budget.name!r}, "
             f"floor {self.floor:g} W, {self.meter.kind}, {self.meter.label})"
         )
+
+
+class _LeasedEnergy(EnergyBudget):
+    """A LeasedCap's energy allowance, as an EnergyBudget a truncated loop reads."""
+
+    def __init__(self, cap: LeasedCap) -> None:
+        self._following = False
+        super().__init__(_TINY_J, meter=cap.meter, domain=cap.domain)
+        self._following = True
+
+    @property
+    def joules(self) -> float:
+        """This worker's allowance, J (it grows at renewals while the pool lasts)."""
+        return self._joules
+
+    @joules.setter
+    def joules(self, value: float) -> None:
+        if getattr(self, "_following", False):
+            raise AttributeError(
+                "a leased energy budget follows its allowance: change the pool instead"
+            )
+        self._joules = _checks.number("joules", value, "joules", lo=0.0, lo_open=True)
+
+    def _follow(self, joules: float) -> None:
+        self._joules = max(joules, _TINY_J)

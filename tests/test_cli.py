@@ -67,7 +67,9 @@ def test_bad_caps_exit_2_before_work(
         (["--seed", "-1"], "seed must be an int"),
         (["--size-mb", "1e30"], "must fit in memory"),
         (["--size-mb", "inf"], "size_mb must be a finite number"),
-        (["--strings", "0"], "strings must be an integer >= 1"),
+        (["--strings", "0"], "strings must be an integer in [1, 10000000]"),
+        (["--idle-s", "1e30"], "idle_s must be a finite number of seconds in (0, 86400]"),
+        (["--target-s", "1e30"], "target_s must be"),
     ],
 )
 def test_bad_values_exit_2_before_work(

@@ -29,7 +29,13 @@ PERIOD = 1.0
 EXPIRY = 3.0
 
 
-def ledger(watts: float = 100.0, *, restarted: bool = False, policy: str = "balance") -> _Ledger:
+def ledger(
+    watts: float = 100.0,
+    *,
+    restarted: bool = False,
+    policy: str = "balance",
+    joules: float | None = None,
+) -> _Ledger:
     return _Ledger(
         watts,
         period=PERIOD,
@@ -39,6 +45,7 @@ def ledger(watts: float = 100.0, *, restarted: bool = False, policy: str = "bala
         policy=policy,
         now=0.0,
         restarted=restarted,
+        joules=joules,
     )
 
 
@@ -60,6 +67,7 @@ class Sim:
         lost: bool = False,
         ack: bool = True,
         floor: float = 5.0,
+        used_j: float = math.nan,
     ) -> float:
         self.seq += 1
         grant = self.book.renew(
@@ -72,6 +80,7 @@ class Sim:
             epoch=self.book.epoch if w in self.held else "",
             seq=self.seq,
             now=now,
+            used_j=used_j,
         )
         if grant > 0 and not lost:
             self.held[w], self.until[w] = grant, now + EXPIRY
@@ -144,6 +153,52 @@ def test_leases_never_sum_above_the_budget(ops: list[Any]) -> None:
         assert book.reserved(now) <= 100.0 + 1e-6
         # and what the workers may actually draw by their own leases
         assert sum(sim.in_force(k, now) for k in sim.held) <= 100.0 + 1e-6
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.floats(0.0, 2.0), st.booleans()),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_energy_allowances_never_sum_above_the_pool(ops: list[Any]) -> None:
+    book, now = ledger(100.0, joules=500.0), 0.0
+    sim = Sim(book)
+    used: dict[str, float] = {}
+    for w, dt, leave in ops:
+        now += dt
+        k = f"w{w}"
+        if leave and k in book.workers:
+            book.leave(k, used_j=used.get(k, 0.0))
+            sim.held.pop(k, None)
+            used.pop(k, None)
+            continue
+        # a worker uses at most its allowance (its truncated loop stops there)
+        e = book.workers.get(k)
+        allowed = e.allowed_j if e is not None else 0.0
+        used[k] = min(allowed, used.get(k, 0.0) + sim.in_force(k, now) * dt)
+        sim.renew(k, now, demand=60.0, used_j=used[k])
+        allowances = sum(x.allowed_j for x in book.workers.values())
+        returned = 500.0 - book.joules_left - allowances  # kept by workers that left
+        assert allowances <= 500.0 + 1e-6
+        assert returned <= 500.0 + 1e-6 and book.joules_left >= -1e-9
+
+
+def test_energy_leave_returns_the_unused_allowance_and_a_restart_grants_no_more() -> None:
+    book = ledger(100.0, joules=1000.0)
+    sim = Sim(book)
+    sim.renew("a", 0.0, demand=40.0, used_j=0.0)
+    allowed = book.workers["a"].allowed_j
+    assert allowed == pytest.approx(42.0 * (EXPIRY + PERIOD))  # its lease for 4 s
+    book.leave("a", used_j=10.0)
+    assert book.joules_left == pytest.approx(990.0)
+    again = ledger(100.0, joules=1000.0, restarted=True)
+    kw: dict[str, Any] = dict(floor=5.0, weight=1.0, demand=40.0, drawn=math.nan, seq=1)
+    again.renew("a", held=30.0, epoch="old", now=0.1, used_j=50.0, held_j=120.0, **kw)
+    assert again.workers["a"].allowed_j == 120.0  # what it holds, and nothing more
+    assert again.joules_left == 0.0
 
 
 def test_slack_moves_to_a_capped_worker_within_three_renewals() -> None:
@@ -418,3 +473,26 @@ def test_leased_cap_bad_input_names_the_argument(budget: PowerBudget) -> None:
         LeasedCap("no-such-budget", meter=meter)
     with pytest.raises(NrgError, match="no room for another worker's floor"):
         LeasedCap(budget, meter=meter, floor=150.0)
+    with pytest.raises(ValueError, match="joules"):
+        PowerBudget(100.0, name="never", joules=-1.0)
+    with LeasedCap(budget, meter=meter) as cap, pytest.raises(NrgError, match="no energy pool"):
+        cap.energy  # noqa: B018
+
+
+@needs_ray
+def test_energy_allowances_follow_the_pool(local_ray: None) -> None:
+    b = PowerBudget(100.0, name="test-budget-joules", period=FAST, joules=12.0)
+    cap = LeasedCap(b, meter=FakeMeter(20.0), demand=20.0)
+    try:
+        first = cap.energy.joules
+        assert 0 < first <= 12.0
+        # 20 W uses the 12 J pool in 0.6 s: the allowance grows to the pool, no further
+        assert wait_for(lambda: cap.energy.joules >= 12.0 - 1e-6, timeout=3.0)
+        time.sleep(2 * FAST)
+        assert cap.energy.joules <= 12.0 + 1e-9
+        assert b.status()["joules_left"] == pytest.approx(0.0, abs=1e-6)
+        with pytest.raises(AttributeError, match="follows its allowance"):
+            cap.energy.joules = 100.0
+    finally:
+        cap.close()
+        b.shutdown()

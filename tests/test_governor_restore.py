@@ -246,3 +246,25 @@ def test_restore_writes_only_governed_files_under_governed_trees(tmp_path: Path)
     assert victim.read_text() == "mine\n" and (home / "enabled").read_text() == "1\n"
     assert outside_group.is_dir()
     assert lim.read_text() == "28000000\n"
+
+
+def test_a_planted_tmp_fallback_dir_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A user without XDG_RUNTIME_DIR falls back to /tmp/nrgloops-<uid>, which
+    # anyone could make first: here it exists, made by another user (root).
+    uid = 3_000_000 + os.getpid()  # no real user has it
+    monkeypatch.delenv("NRGLOOPS_JOURNAL_DIR", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    planted = Path(f"/tmp/nrgloops-{uid}")
+    planted.mkdir(mode=0o700)
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: uid)
+        monkeypatch.setattr(os, "getuid", lambda: uid)
+        assert journal_dir() == planted
+        with pytest.raises(NrgError, match=f"owned by uid 0, not by you \\(uid {uid}\\)"):
+            Journal().add({"op": "write", "path": "x", "old": "1"})
+        assert not list(planted.iterdir())
+        result = restore()
+        assert not result.undone and any(str(planted) in line for line in result.bad)
+    finally:
+        monkeypatch.undo()
+        planted.rmdir()

@@ -41,7 +41,7 @@ from nrgloops.bench.corpus import make_corpus, make_patterns
 from nrgloops.bench.search import Searcher
 from nrgloops.constraints import PowerCap, default_window
 from nrgloops.control import POLICIES, Knob
-from nrgloops.governors import Governor, open_governor
+from nrgloops.governors import GOVERNORS, Governor, open_governor
 from nrgloops.loops import nrg_adapt
 from nrgloops.meters import KINDS, Meter, open_meter
 from nrgloops.sampler import Sampler
@@ -179,17 +179,21 @@ class Config:
     def validate(self) -> None:
         if self.caps is not None:
             self.caps = check_caps(self.caps)
-        self.seed = _checks.count("seed", self.seed, lo=0, what="an int (numpy's seeds are >= 0)")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        self.seed = _checks.count("seed", self.seed, lo=0)  # numpy refuses a negative seed
+        _checks.choice("policy", self.policy, POLICIES)
+        _checks.choice("governor", self.governor, GOVERNORS)
         if not isinstance(self.meter, Meter) and self.meter not in KINDS:
             raise ValueError(f"meter must be one of {', '.join(KINDS)}, got {self.meter!r}")
-        for name, unit in (("size_mb", "MiB"), ("target_s", "s"), ("idle_s", "s"), ("window", "s")):
+        if self.size_mb is not None:
+            _checks.number("size_mb", self.size_mb, "MiB", lo=0.0, lo_open=True)
+        for name in ("target_s", "idle_s"):  # a day at most: longer is a typo
             v = getattr(self, name)
             if v is not None:
-                _checks.number(name, v, unit, lo=0.0, lo_open=True)
-        if self.strings is not None:
-            _checks.count("strings", self.strings, lo=1)
+                _checks.number(name, v, "seconds", lo=0.0, hi=86_400.0, lo_open=True)
+        if self.window is not None:
+            _checks.number("window", self.window, "seconds", lo=0.0, lo_open=True)
+        if self.strings is not None:  # a list of strings held in memory
+            _checks.count("strings", self.strings, lo=1, hi=10_000_000)
         free = available_memory()
         # The corpus is built in chunks, joined, then cut: about 3x its size at once.
         if free is not None and 3 * self.size_bytes > free:

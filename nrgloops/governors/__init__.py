@@ -87,12 +87,7 @@ def open_governor(
     here raises GovernorUnavailable; ``"none"`` returns None.
     ``cgroup_options`` go to CgroupGovernor (e.g. ``control_period``).
     """
-    if not isinstance(kind, str):
-        raise TypeError(
-            f"governor must be one of {', '.join(GOVERNORS)} (a str), not {type(kind).__name__}"
-        )
-    if kind not in GOVERNORS:
-        raise ValueError(f"governor must be one of {', '.join(GOVERNORS)}, got {kind!r}")
+    kind = _checks.choice("governor", kind, GOVERNORS)
     root = _checks.path("powercap_root", powercap_root)
     if kind == "none":
         return None, "no governor (--governor none)"
