@@ -5,7 +5,7 @@
  * imports on machines without the driver.  Only NVML *getters* are looked
  * up: this file cannot change a GPU's settings.
  *
- * Facts it is built on (HARDWARE.md, seen on an H200 with driver 580):
+ * Facts it is built on (NVML's documentation; seen on an H200, driver 580):
  *   - nvmlDeviceGetTotalEnergyConsumption: mJ since driver load, ~4 ms a
  *     call, the value moves in steps about every 100 ms;
  *   - NVML_FI_DEV_POWER_INSTANT (field 186): mW, ~6 us a call, a new value
@@ -372,8 +372,8 @@ static void nvml_free(struct nrg_source *s)
 }
 
 /* Wait (up to STILL_WAIT_S) for the energy counter to move.  It tells a
- * counter that never moves (seen with other counters on virtual machines:
- * HARDWARE.md) from one that works, and it stamps the first reading with the
+ * counter that never moves (seen with other counters on virtual machines)
+ * from one that works, and it stamps the first reading with the
  * time of a step instead of a read.  Returns 1 if it moved. */
 enum { STILL_POLL_NS = 5000000 };
 static const double STILL_WAIT_S = 0.25;
@@ -468,10 +468,9 @@ int nrg_nvml_new(nrg_source **out, const char *library, unsigned int index,
         e = first_reading(n, mode);
     }
     if (e == 0) {
-        *out = nrg_source_alloc(1, nvml_read, nvml_free, n);
-        if (*out)
+        e = nrg_source_alloc(out, 1, nvml_read, nvml_free, n);
+        if (e == 0)
             return 0;
-        e = -ENOMEM;
     }
     api_release(n->api);
     free(n);

@@ -85,6 +85,7 @@ def _meters_report() -> tuple[list[str], str]:
         lines.append(
             f"  {kind:<9} available, {m.label}: {m.description}; domains {', '.join(m.domains)}"
         )
+        lines += [f"            skipped {item}" for item in m.skipped]
         if best is None and kind in ("msr", "powercap", "perf"):
             best = f"{kind} ({m.label})"
     return lines, best or "model (estimated: no energy counter can be read here)"
@@ -182,7 +183,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     print(
         f"{' '.join(cmd)}: {t:.3f} s, {e:.2f} J, average {e / t if t > 0 else 0:.2f} W, "
         f"peak {peak:.2f} W over {window:g} s windows -- {meter.label.upper()} by the "
-        f"{meter.kind} meter for the whole machine ({meter.description.split(' -- ')[0]})",
+        f"{meter.kind} meter for the whole machine ({meter.description})",
         file=sys.stderr,
     )
     if interrupted:

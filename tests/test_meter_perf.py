@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from nrgloops import MeterUnavailable
+from nrgloops._fakes import msr_tree as mt
 from nrgloops._ffi import ffi, lib
 from nrgloops.meters.perf import DEFAULT_ROOT, open_perf, read_pmu
-from tests.fakes import msr_tree as mt
 
 SCALE = "2.3283064365386962890625e-10"
 PERF_TYPE_SOFTWARE = 1
@@ -68,7 +68,7 @@ def fake_pmu(
 
 def _perf_works() -> bool:
     out = ffi.new("nrg_source **")
-    if lib.nrg_counters_new(out, 1) < 0:
+    if lib.nrg_counters_new(out, 1, 0.0) < 0:
         return False
     src = ffi.gc(out[0], lib.nrg_source_free)
     return bool(lib.nrg_counters_add_perf(src, PERF_TYPE_SOFTWARE, SW_CPU_CLOCK, 0, 1e-9, 0) == 0)

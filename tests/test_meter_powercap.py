@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from nrgloops import MeterUnavailable, NrgError, Sampler, open_meter
-from nrgloops.meters.powercap import open_powercap, wrap_modulus_uj
-from tests.fakes import msr_tree as mt
-from tests.fakes import powercap_tree as pt
+from nrgloops._fakes import msr_tree as mt
+from nrgloops._fakes import powercap_tree as pt
+from nrgloops.meters.powercap import open_powercap, wrap_modulus_nj
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_client_zones_and_symlinks(shm: Path) -> None:
     # energy_uj is floored to whole uJ: each reading within 1 uJ
     assert r == pytest.approx({d: uj * 1e-6 for d, uj in want.items()}, abs=1e-6)
     assert r["package-0"] == pytest.approx(2.5, abs=61e-6)  # the nearest whole unit
-    assert m.max_period == pytest.approx(wrap_modulus_uj(pt.CLIENT_RANGE_UJ) * 1e-6 / 2000)
+    assert m.max_period == pytest.approx(wrap_modulus_nj(pt.CLIENT_RANGE_UJ) * 1e-9 / 2000)
 
 
 def test_server_two_sockets_with_dram(shm: Path) -> None:
@@ -55,7 +55,7 @@ def test_server_two_sockets_with_dram(shm: Path) -> None:
     r = m.read().joules
     assert sum(r[d] for d in m.total_domains) == pytest.approx(pkg_uj * 1e-6, abs=2e-6)
     assert r["dram-1"] == pytest.approx(dram_uj * 1e-6, abs=1e-6)
-    assert m.max_period == pytest.approx(wrap_modulus_uj(pt.DRAM_RANGE_UJ) * 1e-6 / 2000)
+    assert m.max_period == pytest.approx(wrap_modulus_nj(pt.DRAM_RANGE_UJ) * 1e-9 / 2000)
 
 
 def test_root_may_be_a_control_type_directory(shm: Path) -> None:

@@ -471,7 +471,7 @@ class SubstringBench:
         gov = self.governor.name if self.governor else "none"
         self.log(
             f"nrgloops bench substring: {self.cores} cores, meter {self.meter.kind} "
-            f"({self._label()}: {self.meter.description.split(' -- ')[0]}), governor {gov}"
+            f"({self._label()}: {self.meter.description}), governor {gov}"
         )
         if self.governor is None:
             self.log(f"  {self.governor_why}: the governor rows are left out")
@@ -547,6 +547,7 @@ class SubstringBench:
                 "measured": self.meter.measured,
                 "label": self.meter.label,
                 "description": self.meter.description,
+                "fallback_reason": self.meter.fallback_reason,
                 "window_s": self.window,
             },
             "governor": {
@@ -628,8 +629,7 @@ def format_table(rows: Sequence[Row], meter: Meter) -> str:
             f"{r.energy_j:>10.1f}{r.energy_rel:>8.2f}{r.time_s:>8.2f}{r.time_rel:>8.2f}"
         )
     lines.append(
-        f"powers and energies {meter.label.upper()} by the {meter.kind} meter"
-        f" ({meter.description.split(' -- ')[0]})"
+        f"powers and energies {meter.label.upper()} by the {meter.kind} meter ({meter.description})"
     )
     return "\n".join(lines)
 
@@ -712,7 +712,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
     if doc.get("idle_w") is not None and base:
         notes.append(
             f"idle {doc['idle_w']:.1f} W, uncapped {base[0]['avg_power_w']:.1f} W "
-            f"in {base[0]['time_s']:.1f} s; {meter['description'].split(' -- ')[0]}"
+            f"in {base[0]['time_s']:.1f} s; {meter['description']}"
         )
     busy = [r["details"].get("background_cpus") or 0.0 for r in rows if "details" in r]
     if busy and max(busy) > BUSY_WARN_CPUS:
