@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from nrgloops import _checks
 from nrgloops._ffi import check, lib, new_handle
 from nrgloops.meters._base import Meter
 
@@ -38,7 +39,7 @@ class FakeMeter(Meter):
         super().__init__(
             new_handle(lib.nrg_fake_new, w, what="fake meter"),
             kind="fake",
-            measured=measured,
+            measured=_checks.boolean("measured", measured),
             domains=("package-0",),
             resolution_s=0.001,
             default_period=0.001,

@@ -311,6 +311,12 @@ def test_no_topology_asks_for_cpus(shm: Path) -> None:
         ({"cpus": [0, 0]}, ValueError, "cpus"),
         ({"cpus": [0.5]}, TypeError, "cpus"),
         ({"model": "85"}, TypeError, "model"),
+        ({"model": 10**30}, ValueError, "model"),
+        ({"cpus": [10**30]}, ValueError, "cpus"),
+        ({"cpuinfo": 1}, TypeError, "cpuinfo"),  # open(1) would close stdout
+        ({"cpuinfo": True}, TypeError, "cpuinfo"),
+        ({"sysfs": 2}, TypeError, "sysfs"),
+        ({"root": 0}, TypeError, "root"),
     ],
 )
 def test_bad_arguments(shm: Path, kwargs: dict[str, object], exc: type, pattern: str) -> None:

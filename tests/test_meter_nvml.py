@@ -166,6 +166,10 @@ def test_permission_refused_on_the_handle(fake: Fake) -> None:
         ({"index": True}, TypeError, "index"),
         ({"mode": "fast"}, ValueError, "mode"),
         ({"library": 3}, TypeError, "library"),
+        ({"library": True}, TypeError, "library"),
+        ({"index": 10**30}, ValueError, "index"),  # not an OverflowError in the C call
+        ({"index": 2**32}, ValueError, "index"),
+        ({"mode": ["auto"]}, ValueError, "mode"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], exc: type[Exception], word: str) -> None:

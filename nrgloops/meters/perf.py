@@ -116,6 +116,8 @@ def _config(root: str, spec: str) -> int | None:
             width = hi - lo + 1
             config |= (number & ((1 << width) - 1)) << lo
             number >>= width
+        if number:
+            return None  # more bits than the format gives it: not an event of this PMU
     return config
 
 
