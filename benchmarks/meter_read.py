@@ -38,7 +38,7 @@ from nrgloops import Sampler
 from nrgloops._fakes import msr_tree as mt
 from nrgloops._fakes import powercap_tree as pt
 from nrgloops._ffi import ffi, lib
-from nrgloops.bench.machine import machine_info, machine_line
+from nrgloops._machine import machine_info, machine_line
 from nrgloops.meters.msr import open_msr
 from nrgloops.meters.powercap import open_powercap
 from nrgloops.testing import FakeMeter

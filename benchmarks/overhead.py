@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nrgloops
 from nrgloops import EnergyBudget, Knob, PowerCap, nrg_adapt, perforate, truncate
-from nrgloops.bench.machine import machine_line
+from nrgloops._machine import machine_line
 from nrgloops.loops import AdaptedFunction
 
 TARGET_NS = 300.0

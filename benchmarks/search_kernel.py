@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nrgloops._machine import cpu_count, machine_info
 from nrgloops.bench.corpus import make_corpus
-from nrgloops.bench.machine import machine_info
-from nrgloops.bench.search import Searcher, cpu_count
+from nrgloops.bench.search import Searcher
 
 LENGTHS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 PER_KIND = 3

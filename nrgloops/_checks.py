@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
-__all__ = ["boolean", "count", "hashable", "number", "path"]
+__all__ = ["boolean", "choice", "count", "hashable", "number", "numbers", "path"]
 
 
 def number(
@@ -99,3 +99,43 @@ def hashable(name: str, value: Any) -> Hashable:
     except TypeError:
         raise TypeError(f"{name} must be hashable, not {type(value).__name__}") from None
     return value  # type: ignore[no-any-return]
+
+
+def numbers(
+    name: str,
+    values: Any,
+    unit: str = "",
+    *,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    distinct: bool = False,
+) -> list[float]:
+    """A non-empty list (or tuple) of numbers, each checked as ``number`` does
+    (the message names the entry: ``caps[1]``); with ``distinct``, no value twice."""
+    what = f"numbers of {unit}" if unit else "numbers"
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list of {what}, not {type(values).__name__}")
+    if not values:
+        raise ValueError(f"{name} must list at least one of the {what}, got none")
+    out = [
+        number(f"{name}[{i}]", v, unit, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+        for i, v in enumerate(values)
+    ]
+    if distinct:
+        twice = sorted({v for v in out if out.count(v) > 1})
+        if twice:
+            shown = ", ".join(f"{v:g}" for v in twice)
+            raise ValueError(f"{name} must not repeat a value: {shown} given more than once")
+    return out
+
+
+def choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """One of the str ``choices`` (a kind, a policy), nothing else."""
+    listed = ", ".join(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {listed} (a str), not {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {listed}, got {value!r}")
+    return value

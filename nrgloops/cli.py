@@ -1,14 +1,17 @@
 """The ``nrgloops`` command.
 
     nrgloops info                       what can be measured and governed here, and why not
-    nrgloops measure -- CMD ...         energy and average power of a command
+    nrgloops measure [-o F] -- CMD ...  energy, time, average and peak power of a command
+    nrgloops serve [--port 9108]        a Prometheus exporter of the meter's energy and power
+    nrgloops --version
     nrgloops bench substring [...]      the NRG-loop vs system governor sweep
     nrgloops governor restore           undo what a killed run left changed
 
 Exit codes: 0 success; 1 a failure while running; 2 bad input or something
 asked for that this machine does not have (nothing was changed); 130 after
 Ctrl-C and 143 after SIGTERM (the system restored, finished rows written);
-``measure`` returns the command's own exit code.
+``measure`` returns the command's own exit code; ``governor restore`` returns
+1 when a change could not be undone or a bad journal (entry) was skipped.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,7 +94,12 @@ def _meters_report() -> tuple[list[str], str]:
 
 
 def _governors_report() -> tuple[list[str], str]:
-    from nrgloops.governor import CgroupGovernor, PowercapGovernor, open_governor, probe_governors
+    from nrgloops.governors import (
+        CgroupGovernor,
+        PowercapGovernor,
+        open_governor,
+        probe_governors,
+    )
 
     lines = []
     reasons = probe_governors()
@@ -110,8 +117,8 @@ def _governors_report() -> tuple[list[str], str]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from nrgloops import __version__
-    from nrgloops.bench.machine import machine_info
-    from nrgloops.governor import journal_dir
+    from nrgloops._machine import machine_info
+    from nrgloops.governors import JournalUntrusted, journal_dir, trusted_dir
 
     m = machine_info()
     print(f"nrgloops {__version__}")
@@ -129,7 +136,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\n".join(glines))
     print(f"  --governor auto picks: {gbest}")
     jd = journal_dir()
-    left = sorted(jd.glob("*.json")) if jd.is_dir() else []
+    try:
+        left = sorted(jd.glob("*.json")) if trusted_dir(jd, create=False) else []
+    except JournalUntrusted as exc:
+        print(f"governor journal: not used: {exc}")
+        return 0
     if left:
         print(
             f"governor journal: {jd}: {len(left)} run(s) left changes: "
@@ -145,9 +156,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from nrgloops.constraints import default_window
-    from nrgloops.meters import open_meter
-    from nrgloops.sampler import Sampler
+    from nrgloops.measure import measure
 
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
@@ -158,39 +167,67 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
         _err(f"measure: command not found: {cmd[0]}")
         return EXIT_USAGE
+    out = None
+    if args.output is not None:
+        suffix = Path(args.output).suffix.lower()
+        if suffix not in (".json", ".csv"):
+            _err(f"measure: -o must name a .json or .csv file, got {args.output!r}")
+            return EXIT_USAGE
+        try:  # before the command runs: no run is lost to a bad path
+            out = open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as exc:
+            _err(f"measure: -o {args.output}: cannot write there ({exc.strerror or exc})")
+            return EXIT_USAGE
     try:
-        meter = open_meter(args.meter)
-    except (MeterUnavailable, ValueError) as exc:
-        _err(f"measure: {exc}")
-        return EXIT_USAGE
-    window = default_window(meter)
-    interrupted = False
-    with Sampler(meter) as s:
-        s.watch(window)
-        t0, e0 = time.monotonic(), s.energy()
-        peak = 0.0
-        proc = subprocess.Popen(cmd)
         try:
-            while proc.poll() is None:
-                time.sleep(0.05)
-                peak = max(peak, s.power(window))
-        except KeyboardInterrupt:
-            interrupted = True
-            proc.wait()
-        t, e = time.monotonic() - t0, s.energy() - e0
-    # The meters count the whole machine (a package, or all CPU time): the
-    # command's own share is not separated out, and the line says so.
-    print(
-        f"{' '.join(cmd)}: {t:.3f} s, {e:.2f} J, average {e / t if t > 0 else 0:.2f} W, "
-        f"peak {peak:.2f} W over {window:g} s windows -- {meter.label.upper()} by the "
-        f"{meter.kind} meter for the whole machine ({meter.description})",
-        file=sys.stderr,
-    )
-    if interrupted:
-        print("nrgloops: interrupted", file=sys.stderr)
-        return EXIT_SIGINT
-    rc = proc.returncode
-    return rc if rc >= 0 else 128 - rc
+            result = measure(cmd, args.meter)
+        except (MeterUnavailable, ValueError) as exc:
+            _err(f"measure: {exc}")
+            return EXIT_USAGE
+        except OSError as exc:  # the command cannot be run (not executable, ...)
+            _err(f"measure: cannot run {cmd[0]}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        # The meters count the whole machine (a package, or all CPU time):
+        # the command's own share is not separated out, and the text says so.
+        print(result, file=sys.stderr)
+        if out is not None:
+            out.write(result.to_json() + "\n" if suffix == ".json" else result.to_csv())
+    finally:
+        if out is not None:
+            out.close()
+    return result.exit_status
+
+
+# ---------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nrgloops.export import start_exporter
+
+    # Blocked before the server's threads start, so that they inherit it and
+    # the signals wait for sigwait below.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        try:
+            exporter = start_exporter(args.port, args.addr, args.meter, args.window)
+        except (ImportError, MeterUnavailable, ValueError, TypeError, OSError) as exc:
+            _err(f"serve: {exc}")
+            return EXIT_USAGE
+        m = exporter.sampler.meter
+        print(
+            f"nrgloops: serving {exporter.url} -- {m.label.upper()} by the {m.kind} meter "
+            f"({m.description}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        with exporter:
+            sig = signal.sigwait(stop)
+        print(f"nrgloops: stopped by {signal.Signals(sig).name}", file=sys.stderr)
+        return 0
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ---------------------------------------------------------------------------
@@ -211,17 +248,13 @@ def _writable_dir(path: str) -> Path:
 
 def cmd_bench_substring(args: argparse.Namespace) -> int:
     from nrgloops.bench.substring import Config, SubstringBench, parse_caps
-    from nrgloops.governor import GovernorUnavailable, Terminated, signals_raise
+    from nrgloops.governors import GovernorUnavailable, Terminated, signals_raise
 
-    # Everything that can be wrong is checked here, before any work.
+    # Everything that can be wrong is checked here, before any work: the
+    # values by Config.validate (one check each), the governor and the meter
+    # by SubstringBench, the output directory by _writable_dir.
     try:
         caps = parse_caps(args.caps) if args.caps is not None else None
-        for name in ("size_mb", "idle_s", "target_s"):
-            v = getattr(args, name)
-            if v is not None and not (v > 0 and v != float("inf")):
-                raise ValueError(f"--{name.replace('_', '-')} must be a number > 0, got {v}")
-        if args.strings is not None and args.strings < 1:
-            raise ValueError(f"--strings must be >= 1, got {args.strings}")
         config = Config(
             caps=caps,
             governor=args.governor,
@@ -279,44 +312,79 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
 
 
 def cmd_governor_restore(args: argparse.Namespace) -> int:
-    from nrgloops.governor import journal_dir, restore
+    from nrgloops.governors import governed_trees, journal_dir, restore
 
     where = Path(args.dir) if args.dir else journal_dir()
-    result = restore(where, force=args.force)
+    trees = governed_trees() + [Path(t) for t in args.tree or ()]
+    result = restore(where, force=args.force, trees=trees)
     for line in result.undone:
         print(f"undone: {line}")
     for line in result.skipped:
         print(f"skipped: {line}")
+    for line in result.bad:
+        print(f"skipped, bad journal: {line}", file=sys.stderr)
     for line in result.errors:
         print(f"error: {line}", file=sys.stderr)
-    if not (result.undone or result.skipped or result.errors):
+    if not (result.undone or result.skipped or result.errors or result.bad):
         print(f"nothing to restore: no journal left in {where}")
-    return EXIT_FAIL if result.errors else 0
+    return EXIT_FAIL if (result.errors or result.bad) else 0
 
 
 # ---------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
+    from nrgloops import __version__
     from nrgloops.bench.substring import MODES
     from nrgloops.control import POLICIES
-    from nrgloops.governor import GOVERNORS
+    from nrgloops.governors import GOVERNORS
     from nrgloops.meters import KINDS
 
     p = argparse.ArgumentParser(
         prog="nrgloops",
         description="Hold a soft power cap or an energy budget from inside your own loops.",
     )
+    p.add_argument("--version", action="version", version=f"nrgloops {__version__}")
     sub = p.add_subparsers(dest="command_name", metavar="COMMAND")
     sub.required = True
 
     info = sub.add_parser("info", help="meters and governors this machine has, and why not")
     info.set_defaults(func=cmd_info)
 
-    measure = sub.add_parser("measure", help="run a command and print its energy and average power")
+    measure = sub.add_parser(
+        "measure",
+        help="run a command and print its energy, time, average and peak power",
+        description=(
+            "Runs CMD under the C sampler at the meter's period and prints, like `perf stat`, "
+            "its energy per domain and in total, its time, and its average and peak power, "
+            "measured or estimated. Exits with CMD's exit status."
+        ),
+    )
     measure.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
+    measure.add_argument(
+        "-o", "--output", metavar="FILE", help="also write the figures to FILE.json or FILE.csv"
+    )
     measure.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     measure.set_defaults(func=cmd_measure)
+
+    serve = sub.add_parser(
+        "serve",
+        help="a Prometheus exporter of the meter's energy and power",
+        description=(
+            "Serves /metrics for Prometheus: nrgloops_energy_joules_total and "
+            "nrgloops_power_watts per domain, with meter and measured labels. "
+            'Needs pip install "nrgloops[prometheus]".'
+        ),
+    )
+    serve.add_argument("--port", type=int, default=9108, help="TCP port (9108)")
+    serve.add_argument(
+        "--addr",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)",
+    )
+    serve.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
+    serve.add_argument("--window", type=float, help="power window, s (default: the meter's)")
+    serve.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_name", metavar="BENCH")
@@ -348,6 +416,12 @@ def _parser() -> argparse.ArgumentParser:
     rest = gsub.add_parser("restore", help="undo the changes a killed run left")
     rest.add_argument("--force", action="store_true", help="also undo those of runs still alive")
     rest.add_argument("--dir", help="journal directory (default: see `nrgloops info`)")
+    rest.add_argument(
+        "--tree",
+        action="append",
+        metavar="DIR",
+        help="also restore files under DIR (a governor run on another powercap root); repeatable",
+    )
     rest.set_defaults(func=cmd_governor_restore)
     return p
 

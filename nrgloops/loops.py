@@ -42,6 +42,7 @@ __all__ = [
     "nrg_adapt",
     "nrg_alternate",
     "perforate",
+    "running_loops",
     "truncate",
 ]
 
@@ -57,6 +58,17 @@ TRUNCATE_SAFETY = 4.0  # truncate holds its budget if an item costs up to 4x the
 _IDLE = memoryview(bytearray(8 * lib.NRG_MAX_SLOTS)).cast("d")
 
 _now = time.monotonic
+
+# The loops running now, for the exporter (weak: a dropped loop leaves it).
+_running: weakref.WeakSet[_Loop] = weakref.WeakSet()
+_running_lock = threading.Lock()  # a WeakSet cannot be iterated while another thread adds
+
+
+def running_loops() -> list[_Loop]:
+    """The loops running now, oldest first."""
+    with _running_lock:
+        loops = list(_running)
+    return sorted(loops, key=lambda loop: loop._t0)
 
 
 def _check_constraint(cap: Any, name: str, kind: type) -> None:
@@ -135,6 +147,8 @@ class _Loop:
         cap = self._limit if self._limit != math.inf else None
         self._rec = Recorder(sampler, self._window, self._domain, cap, self._t0)
         self._report = None
+        with _running_lock:
+            _running.add(self)
 
     def _stop(self) -> None:
         with self._lock:
@@ -148,6 +162,8 @@ class _Loop:
                 self._rec.pull(self._t_end)
                 self._report = self._build(running=False)
             finally:
+                with _running_lock:
+                    _running.discard(self)
                 self._pub = _IDLE
                 self._install()
                 self._sampler = None

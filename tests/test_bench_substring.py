@@ -13,13 +13,15 @@ from nrgloops.bench.substring import (
     COLUMNS,
     Config,
     SubstringBench,
+    cap_warnings,
+    check_caps,
     format_table,
     parse_caps,
     plot,
     sweep_caps,
     thread_knob,
 )
-from nrgloops.governor import CgroupGovernor, GovernorUnavailable
+from nrgloops.governors import CgroupGovernor, GovernorUnavailable
 from nrgloops.testing import FakeMeter
 from tests.cgroups import nrgloops_cgroups
 
@@ -79,15 +81,22 @@ def test_tiny_sweep_writes_three_files(
 
     doc = json.loads(paths[1].read_text())
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu_model"]
-    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == "estimated"
+    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == (
+        "simulated" if meter == "fake" else "estimated"
+    )
     assert doc["interrupted"] is False
     assert doc["corpus"]["strings"] == 60
     matches = {r["details"]["matches"] for r in doc["rows"]}
     assert len(matches) == 1  # every mode did the same work
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("[uncapped]" in line for line in lines)
+    if meter == "fake":  # 10 W idle and uncapped: both caps are above what anything draws
+        warned = [line for line in lines if "warning: cap" in line]
+        assert len(warned) == 2 and all("at or above the uncapped" in w for w in warned)
+    for r in doc["rows"]:  # the governor's trace, read without knowing its kind
+        assert ("mean_quota_cpus" in r["details"]) == (r["mode"] == "governor")
     table = bench.table()
-    assert "ESTIMATED" in table and "uncapped" in table
+    assert ("SIMULATED" if meter == "fake" else "ESTIMATED") in table and "uncapped" in table
     assert not list((tmp_path / "journal").glob("*.json"))
 
 
@@ -137,7 +146,40 @@ def test_parse_caps() -> None:
         (",", "at least one"),
     ]:
         with pytest.raises(ValueError, match=what):
-            parse_caps(bad)
+            check_caps(parse_caps(bad))
+    with pytest.raises(ValueError, match="30 given more than once"):
+        check_caps(parse_caps("30,35,30"))
+    with pytest.raises(TypeError, match=r"caps\[1\] must be a number of watts"):
+        check_caps([30.0, "35"])
+
+
+def test_config_refuses_what_the_machine_cannot_run() -> None:
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0, got -1"):
+        Config(seed=-1).validate()
+    with pytest.raises(TypeError, match="seed"):
+        Config(seed=1.5).validate()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size_mb must fit in memory.*MemAvailable"):
+        Config(size_mb=1e30).validate()
+    with pytest.raises(ValueError, match="caps must not repeat a value: 30"):
+        Config(caps=[30.0, 30.0]).validate()
+    Config(seed=2**40, size_mb=1).validate()  # numpy takes any seed >= 0
+
+
+def test_cap_warnings_say_which_mode_cannot_hold_a_cap() -> None:
+    knob = thread_knob(8)  # least setting: 2 of 8 threads
+    # idle 10 W, uncapped 50 W: the NRG-loop's floor is about 10 + 40 * 2/8 = 20 W
+    lines = cap_warnings([5.0, 15.0, 30.0, 50.0, 60.0], 10.0, 50.0, 8, knob)
+    assert len(lines) == 4
+    assert "5 W is below the idle power" in lines[0] and "no mode" in lines[0]
+    assert "15 W" in lines[1] and "NRG-loop cannot hold it" in lines[1]
+    assert "20.00 W" in lines[1] and "estimated" in lines[1]
+    assert "50 W is at or above the uncapped" in lines[2]
+    assert "60 W" in lines[3]
+    assert cap_warnings([30.0], 10.0, 50.0, 8, knob) == []
+
+
+def test_sweep_caps_are_distinct() -> None:
+    assert sweep_caps(10.0, 10.3, (0.3, 0.31, 0.9)) == [10.1, 10.3]
 
 
 def test_config_validation() -> None:
@@ -163,4 +205,4 @@ def test_plot_partial_and_table(tmp_path: Path) -> None:
     doc = bench.document(interrupted=True)
     plot(doc, tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 0
-    assert "MEASURED" in format_table([], fake)
+    assert "SIMULATED" in format_table([], fake)  # a fake meter's label

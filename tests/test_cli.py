@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nrgloops.cli import main
-from nrgloops.governor import Journal, probe_governors
+from nrgloops.governors import Journal, probe_governors
 from tests.cgroups import nrgloops_cgroups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,29 @@ def test_bad_caps_exit_2_before_work(
     assert "error:" in err and message in err
     assert not out.exists()  # nothing was started, not even the output directory
     assert nrgloops_cgroups() == groups
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--caps", "30,30"], "30 given more than once"),
+        (["--caps", "30,35,30W"], "30 given more than once"),
+        (["--seed", "-1"], "seed must be an int"),
+        (["--size-mb", "1e30"], "must fit in memory"),
+        (["--size-mb", "inf"], "size_mb must be a finite number"),
+        (["--strings", "0"], "strings must be an integer in [1, 10000000]"),
+        (["--idle-s", "1e30"], "idle_s must be a finite number of seconds in (0, 86400]"),
+        (["--target-s", "1e30"], "target_s must be"),
+    ],
+)
+def test_bad_values_exit_2_before_work(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["bench", "substring", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_unwritable_out_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,7 +124,7 @@ def test_bad_flags_exit_2(tmp_path: Path) -> None:
 def test_measure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["measure", "--meter", "model", "--", sys.executable, "-c", "pass"]) == 0
     err = capsys.readouterr().err
-    assert " J," in err and " W" in err and "ESTIMATED" in err
+    assert " J   total" in err and " W   average power" in err and "ESTIMATED" in err
     assert main(["measure", "--meter", "model", "--", "sh", "-c", "exit 3"]) == 3
     assert main(["measure", "--", "no-such-command-xyz"]) == 2
     assert main(["measure"]) == 2
@@ -120,7 +143,12 @@ def test_governor_restore(
     doc = json.loads(j.path.read_text())
     doc["pid"] = 999_999_999
     j.path.write_text(json.dumps(doc))
-    assert main(["governor", "restore"]) == 0
+    # outside the trees the governors write: refused, named, exit 1
+    assert main(["governor", "restore"]) == 1
+    err = capsys.readouterr().err
+    assert "entry 0 skipped" in err and "outside the trees" in err
+    assert limit.read_text() == "15000000\n"
+    assert main(["governor", "restore", "--tree", str(tmp_path)]) == 0
     assert "undone: restored" in capsys.readouterr().out
     assert limit.read_text() == "28000000\n"
     assert not list(_journal.glob("*.json"))
@@ -174,7 +202,6 @@ def _wait_for(p: subprocess.Popen[str], marker: str, seen: list[str], timeout: f
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_mid_sweep(tmp_path: Path, _journal: Path, sig: int, code: int) -> None:
     governor = "cgroup" if probe_governors()["cgroup"] is None else "none"
-    groups = nrgloops_cgroups()
     out = tmp_path / "out"
     # So many strings that the uncapped run lasts minutes: interrupt it.
     p = _sweep(out, _journal, governor)
@@ -188,14 +215,13 @@ def test_interrupt_mid_sweep(tmp_path: Path, _journal: Path, sig: int, code: int
     assert (out / "substring.csv").exists() and (out / "substring.png").exists()
     doc = json.loads((out / "substring.json").read_text())
     assert doc["interrupted"] is True
-    assert nrgloops_cgroups() == groups
+    assert not nrgloops_cgroups(p.pid)
     assert not list(_journal.glob("*.json"))
 
 
 def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) -> None:
     if probe_governors()["cgroup"] is not None:
         pytest.skip("the cgroup governor is not available here")
-    groups = nrgloops_cgroups()
     out = tmp_path / "out"
     env = dict(os.environ, NRGLOOPS_JOURNAL_DIR=str(_journal), PYTHONUNBUFFERED="1")
     p = subprocess.Popen(
@@ -229,12 +255,12 @@ def test_interrupt_during_governor_run_restores(tmp_path: Path, _journal: Path) 
     seen: list[str] = []
     _wait_for(p, "governor at a cap", seen)
     time.sleep(0.3)  # inside the governor's run: a cgroup exists now
-    held = nrgloops_cgroups() - groups
+    held = nrgloops_cgroups(p.pid)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 130, stderr
     assert held, "the governor's cgroup should have existed mid-run"
-    assert nrgloops_cgroups() == groups
+    assert not nrgloops_cgroups(p.pid)
     assert not list(_journal.glob("*.json"))
     with open(out / "substring.csv", newline="") as f:
         modes = [r["mode"] for r in csv.DictReader(f)]

@@ -38,8 +38,8 @@ def test_model_rises_under_cpu_load(scope: str) -> None:
         _spin(0.3)
         busy = s.power(window=0.25)
     cores = os.cpu_count() or 1
-    if scope == "system" and idle > 5.0 + 10.0 * (cores - 1) - 2.0:
-        pytest.skip(f"other programs keep the cores busy ({idle:.1f} W idle): no room to rise")
+    if scope == "system" and idle > 5.0 + 10.0 * (cores - 0.6):
+        pytest.skip(f"other programs keep every core busy ({idle:.1f} W before the spin)")
     assert busy > idle + 4.0  # one busy core adds ~10 W
     assert busy <= 5.0 + 10.0 * 2 + 1.0  # never more than every core busy
 

@@ -14,23 +14,15 @@ overlap itself.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
 from nrgloops._ffi import ffi, lib
+from nrgloops._machine import cpu_count
 
 __all__ = ["Searcher", "count", "count_overlapping_reference", "cpu_count"]
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _pattern(pattern: Any) -> bytes:

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nrgloops import _checks
+from nrgloops._machine import available_memory, cpu_count, machine_info
 from nrgloops.bench.corpus import make_corpus, make_patterns
-from nrgloops.bench.machine import machine_info
-from nrgloops.bench.search import Searcher, cpu_count
+from nrgloops.bench.search import Searcher
 from nrgloops.constraints import PowerCap, default_window
 from nrgloops.control import POLICIES, Knob
-from nrgloops.governor import CgroupGovernor, Governor, open_governor
+from nrgloops.governors import GOVERNORS, Governor, open_governor
 from nrgloops.loops import nrg_adapt
 from nrgloops.meters import KINDS, Meter, open_meter
 from nrgloops.sampler import Sampler
@@ -51,6 +52,8 @@ __all__ = [
     "Config",
     "Row",
     "SubstringBench",
+    "cap_warnings",
+    "check_caps",
     "format_table",
     "parse_caps",
     "plot",
@@ -81,34 +84,65 @@ FULL_FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def parse_caps(text: str) -> list[float]:
-    """ "30,35,40" -> [30.0, 35.0, 40.0]; ValueError naming the bad entry."""
+    """ "30,35,40" -> [30.0, 35.0, 40.0]: the text's numbers only (ValueError
+    naming an entry that is not one); ``Config.validate`` checks the values."""
     caps = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            value = float(part.removesuffix("W").removesuffix("w"))
+            caps.append(float(part.removesuffix("W").removesuffix("w")))
         except ValueError:
             raise ValueError(f"--caps: {part!r} is not a number of watts") from None
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"--caps: each cap must be a finite number of watts > 0, got {part}")
-        caps.append(value)
-    if not caps:
-        raise ValueError("--caps: give at least one cap in watts, e.g. --caps 30,35,40")
     return caps
+
+
+def check_caps(caps: object) -> list[float]:
+    """The one check of a list of caps: numbers of watts > 0, each once."""
+    return _checks.numbers("caps", caps, "watts", lo=0.0, lo_open=True, distinct=True)
+
+
+def cap_warnings(
+    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob
+) -> list[str]:
+    """A line for each cap outside what the modes can hold, saying which
+    mode cannot: below idle none can; below the NRG-loop's least setting
+    (its lowest thread count, power estimated as idle plus that share of
+    the uncapped span) only a governor may; at or above uncapped there is
+    nothing to hold."""
+    floor_w = idle_w + (uncapped_w - idle_w) * knob.lo / max(cores, 1)
+    out = []
+    for cap in caps:
+        if cap < idle_w:
+            out.append(
+                f"cap {cap:g} W is below the idle power ({idle_w:.2f} W): no mode can hold it"
+            )
+        elif cap < floor_w:
+            out.append(
+                f"cap {cap:g} W is below what the NRG-loop's least setting ({knob.lo:g} "
+                f"thread(s)) draws, about {floor_w:.2f} W (estimated from idle and uncapped): "
+                "the NRG-loop cannot hold it; a governor may"
+            )
+        elif cap >= uncapped_w:
+            out.append(
+                f"cap {cap:g} W is at or above the uncapped power ({uncapped_w:.2f} W): nothing "
+                "to hold, every mode runs as uncapped"
+            )
+    return out
 
 
 def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> list[float]:
     """Caps at ``fractions`` of the way from the idle to the uncapped power,
-    rounded to 0.1 W."""
+    rounded to 0.1 W, each once, in increasing order."""
     if not uncapped_w > idle_w * 1.02:
         raise RuntimeError(
             f"the uncapped run ({uncapped_w:.2f} W) drew no more than idle ({idle_w:.2f} W), "
             "so there is no range of caps to sweep (was another program busy while idle "
             "was measured?); give the caps with --caps"
         )
-    return [round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions]
+    # Rounded, close fractions of a narrow span can meet: each cap once.
+    return sorted({round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions})
 
 
 def thread_knob(cores: int, policy: str = "step") -> Knob:
@@ -138,23 +172,30 @@ class Config:
 
     def validate(self) -> None:
         if self.caps is not None:
-            if not self.caps:
-                raise ValueError("caps: give at least one cap in watts")
-            for c in self.caps:
-                if isinstance(c, bool) or not isinstance(c, (int, float)):
-                    raise TypeError(f"caps must be numbers of watts, got {c!r}")
-                if not math.isfinite(c) or c <= 0:
-                    raise ValueError(f"caps must be finite numbers of watts > 0, got {c!r}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+            self.caps = check_caps(self.caps)
+        self.seed = _checks.count("seed", self.seed, lo=0)  # numpy refuses a negative seed
+        _checks.choice("policy", self.policy, POLICIES)
+        _checks.choice("governor", self.governor, GOVERNORS)
         if not isinstance(self.meter, Meter) and self.meter not in KINDS:
             raise ValueError(f"meter must be one of {', '.join(KINDS)}, got {self.meter!r}")
-        for name in ("size_mb", "target_s", "idle_s", "window"):
+        if self.size_mb is not None:
+            _checks.number("size_mb", self.size_mb, "MiB", lo=0.0, lo_open=True)
+        for name in ("target_s", "idle_s"):  # a day at most: longer is a typo
             v = getattr(self, name)
-            if v is not None and (not math.isfinite(v) or v <= 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        if self.strings is not None and self.strings < 1:
-            raise ValueError(f"strings must be >= 1, got {self.strings}")
+            if v is not None:
+                _checks.number(name, v, "seconds", lo=0.0, hi=86_400.0, lo_open=True)
+        if self.window is not None:
+            _checks.number("window", self.window, "seconds", lo=0.0, lo_open=True)
+        if self.strings is not None:  # a list of strings held in memory
+            _checks.count("strings", self.strings, lo=1, hi=10_000_000)
+        free = available_memory()
+        # The corpus is built in chunks, joined, then cut: about 3x its size at once.
+        if free is not None and 3 * self.size_bytes > free:
+            raise ValueError(
+                f"size_mb must fit in memory: a corpus of {self.size_bytes / (1 << 20):g} MiB "
+                f"needs about 3x that while it is built, more than the "
+                f"{free / (1 << 20):.0f} MiB available here (MemAvailable), got {self.size_mb!r}"
+            )
 
     @property
     def size_bytes(self) -> int:
@@ -340,10 +381,14 @@ class SubstringBench:
         config.validate()
         self.config = config
         self.log, self.live = log, live
-        self.governor: Governor | None
-        self.governor, self.governor_why = open_governor(config.governor, powercap_root)
         self.meter: Meter = open_meter(config.meter)
         self.window = config.window or default_window(self.meter)
+        self.governor: Governor | None
+        self.governor, self.governor_why = open_governor(
+            config.governor, powercap_root, control_period=self.window
+        )
+        if self.governor is not None and config.caps:
+            _check_governor_caps(self.governor, config.caps)  # before anything is changed
         self.cores = cpu_count()
         self.rows: list[Row] = []
         self.idle_w: float | None = None
@@ -456,13 +501,15 @@ class SubstringBench:
         assert gov is not None
         done, cores = self._done, self.cores
         with self._measure(sampler, "governor", cap, len(patterns)) as m:
-            total = gov.run(
-                cap, lambda: _search_all(corpus, patterns, cores, done), sampler, self.window
+            trace = gov.run(
+                cap,
+                lambda: _search_all(corpus, patterns, cores, done),
+                lambda: sampler.power(self.window),
             )
-        details: dict[str, Any] = {"matches": total, "governor": gov.name}
-        if isinstance(gov, CgroupGovernor) and gov.trace.quota_cpus:
-            q = gov.trace.quota_cpus
-            details["mean_quota_cpus"] = sum(q) / len(q)
+        details: dict[str, Any] = {"matches": trace.result, "governor": gov.name}
+        mean = trace.mean_setting()
+        if mean is not None:
+            details[f"mean_{trace.setting}"] = mean
         return self._row("governor", cap, m, details)
 
     # -- the sweep -------------------------------------------------------------
@@ -504,15 +551,22 @@ class SubstringBench:
                 total = _search_all(corpus, patterns, self.cores, self._done)
             self._base = self._row("uncapped", None, m, {"matches": total})
             self.corpus_info["matches"] = total
-            if isinstance(self.governor, CgroupGovernor) and self.idle_w is not None:
-                # The governor's model hint, from what we just measured.
-                span = self._base.avg_power_w - self.idle_w
-                if span > 0:
-                    self.governor.watts_per_cpu = span / self.cores
-                    self.governor.idle_w = self.idle_w
+            span = self._base.avg_power_w - self.idle_w
+            if self.governor is not None and span > 0:
+                # The governor's model, from what we just measured.
+                self.governor = self.governor.with_model(
+                    idle_w=self.idle_w, watts_per_cpu=span / self.cores
+                )
             # 4. the caps
             if not self.caps:
                 self.caps = sweep_caps(self.idle_w, self._base.avg_power_w, cfg.fractions)
+            if self.governor is not None:
+                _check_governor_caps(self.governor, self.caps)
+            knob = thread_knob(self.cores, cfg.policy)
+            for line in cap_warnings(
+                self.caps, self.idle_w, self._base.avg_power_w, self.cores, knob
+            ):
+                self.log(f"  warning: {line}")
             modes = ["nrgloops"] + (["governor"] if self.governor is not None else [])
             runs = len(self.caps) * len(modes)
             k = 0
@@ -586,6 +640,16 @@ class SubstringBench:
 
     def table(self) -> str:
         return format_table(self.rows, self.meter)
+
+
+def _check_governor_caps(gov: Governor, caps: Sequence[float]) -> None:
+    lo, hi = gov.cap_range()
+    bad = [c for c in caps if not lo <= c <= hi]
+    if bad:
+        raise ValueError(
+            f"caps {', '.join(f'{c:g}' for c in bad)} W: the {gov.name} governor can set caps "
+            f"in [{lo:g}, {hi:g}] W here; nothing was changed"
+        )
 
 
 def _cap_text(cap: float | None) -> str:

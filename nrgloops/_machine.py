@@ -1,4 +1,9 @@
-"""What machine a result came from: CPU model, cores, kernel, Python."""
+"""Facts about this machine: usable CPUs, memory, CPU model, kernel, Python.
+
+A core module: the governors size their CPU quota with ``cpu_count`` and the
+benchmark describes its results with ``machine_info``; neither may import
+the other, so the facts live here, below both.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,29 @@ import os
 import platform
 from typing import Any
 
-from nrgloops.bench.search import cpu_count
+__all__ = ["available_memory", "cpu_count", "cpu_model", "machine_info", "machine_line"]
 
-__all__ = ["cpu_model", "machine_info", "machine_line"]
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes of memory a new allocation can get without swapping (the kernel's
+    ``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open(meminfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "MemAvailable":
+                    return int(value.split()[0]) * 1024  # the kernel says kB (KiB)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
