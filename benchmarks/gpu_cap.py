@@ -6,9 +6,10 @@ variant alone (idle, full model, early exit, and the full model run back to
 back), picks 2-3 caps between the variants' levels, and runs:
 
   uncapped    the full model for every batch;
-  nrg-loop    examples/gpu_inference_cap.py's service: a share of the batches
-              by the full model, the rest by the early exit, the share set by
-              a PI knob on the measured power (nrg_adapt / nrg_alternate);
+  nrg-loop    the service of examples/gpu_inference_cap.py (gpu_harness.py's
+              serve_under_cap): a share of the batches by the full model, the
+              rest by the early exit, the share set by a knob on the measured
+              power (nrg_adapt / nrg_alternate);
   bare-switch the paper's NRG_ADAPT / NRG_ALTERNATE as they are (the full
               model while the windowed power is under the cap, else the early
               exit), at the middle cap only;
@@ -20,52 +21,52 @@ back), picks 2-3 caps between the variants' levels, and runs:
               deadline is dropped).
 
 Columns: mode, cap_w, avg_power_w (steady: after the first --settle seconds),
-over_100ms (share of 100 ms windows over the cap by more than 5%), on_time
+over_100ms (steady: the share of time the 100 ms windowed power was over the
+cap by more than 5%, nrgloops.report.WindowStats; over_100ms_instant: the
+same by the instant-power meter, a cross-check), on_time
 (share of the arrived requests served within the deadline), full_quality
 (share of the served batches by the full model), energy per request (J),
 dropped and queued requests.  It writes gpu_cap.csv, gpu_cap.json and
 gpu_cap.png under $OUT when set, else benchmarks/results/, and prints
 PASS/FAIL for what must hold:
 
-  the nrg-loop's average power within 5% of the cap; under 10% of its 100 ms
-  windows over the cap by more than 5%; every request on time; and the
-  duty-cycled full model at the same cap falling behind.
+  the nrg-loop's average power within 5% of the cap; under 10% of its time
+  with the 100 ms windowed power over the cap by more than 5%; every request
+  on time; and the duty-cycled full model at the same cap falling behind.
+  A FAIL makes the exit status 1.
 
 Nothing changes the GPU's settings: NVML is only read.
 
 Here, without a GPU: ``--dry-run`` runs the same code on a SIMULATED GPU (a
 fake libnvidia-ml built from tests/fakes/fake_nvml.c, and batches that add
-the energy the H200 figures of HARDWARE.md give); its numbers say that the
-pipeline works, nothing about a GPU.
+the energy the H200 figures of docs/hardware.md give); its numbers say that the
+pipeline works, nothing about a GPU.  The harness (model, request stream,
+services) is benchmarks/gpu_harness.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gpu_harness as h  # beside this file: python puts the script's folder on sys.path
+
+from nrgloops import MeterUnavailable, PowerCap, open_meter
+from nrgloops.meters import Meter
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT))
-
-import gpu_inference_cap as svc  # noqa: E402
-
-from nrgloops import MeterUnavailable, PowerCap, open_meter  # noqa: E402
-from nrgloops.meters import Meter  # noqa: E402
-
 _now = time.monotonic
 
 COLUMNS = [
@@ -86,112 +87,15 @@ COLUMNS = [
 ]
 
 
-# -- a simulated GPU for --dry-run ---------------------------------------------------
-
-
-class SimEngine:
-    """Stands in for ``svc.Engine`` on a machine without a GPU.
-
-    Each batch adds the energy the H200 figures give (above idle) to a fake
-    NVML's counter, and occupies a simulated device for its busy time; the
-    numbers are scaled so that a slower host loop sees the same power levels.
-    """
-
-    # HARDWARE.md, H200, batches of 1024 at 1.2 M requests/s: 8 layers 459 W,
-    # 2 layers 209 W, idle 118 W; back to back about 693 W.
-    IDLE_W, FULL_W, CHEAP_W, BUSY_W, RATE = 118.0, 459.0, 209.0, 693.0, 1.2e6
-
-    def __init__(self, fake: Any, batch: int, slow: float) -> None:
-        self.fake = fake
-        self.batch = batch
-        self.cuda = False
-        self.layers, self.cheap_layers = 8, 2
-        interval = batch / self.RATE * slow  # the host's batch interval
-        self.e_full = (self.FULL_W - self.IDLE_W) * interval
-        self.e_cheap = (self.CHEAP_W - self.IDLE_W) * interval
-        self.b_full = self.e_full / (self.BUSY_W - self.IDLE_W)
-        self.b_cheap = self.e_cheap / (self.BUSY_W - self.IDLE_W)
-        self.busy_until = 0.0
-        fake.fake_nvml_simulate(self.IDLE_W, 0.1)
-
-    def _run(self, joules: float, busy: float) -> None:
-        now = _now()
-        self.busy_until = max(now, self.busy_until) + busy
-        self.fake.fake_nvml_add_energy(joules)
-
-    def full(self) -> None:
-        self._run(self.e_full, self.b_full)
-
-    def cheap(self) -> None:
-        self._run(self.e_cheap, self.b_cheap)
-
-    def sync(self) -> None:
-        self.wait(self.busy_until)
-
-    def start_clock(self) -> None:
-        pass
-
-    def mark(self) -> float:
-        return self.busy_until
-
-    def wait(self, token: float) -> None:
-        d = token - _now()
-        if d > 0:
-            time.sleep(d)
-
-    def done_times(self, tokens: list[float]) -> list[float]:
-        return list(tokens)
-
-    def describe(self) -> str:
-        return (
-            "SIMULATED GPU (fake NVML; per-batch energy from the H200 figures: full 459 W, "
-            "early exit 209 W, idle 118 W at 1.2 M requests/s)"
-        )
-
-
-def _fake_nvml(tmp: Path) -> tuple[Any, str]:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        sys.exit("--dry-run needs gcc to build the fake libnvidia-ml")
-    so = tmp / "libfake-nvml.so"
-    subprocess.run(
-        [
-            gcc,
-            "-shared",
-            "-fPIC",
-            "-O1",
-            "-std=gnu11",
-            "-I",
-            str(ROOT / "csrc"),  # nvml_api.h: the meter's own NVML types
-            "-o",
-            str(so),
-            str(ROOT / "tests" / "fakes" / "fake_nvml.c"),
-            "-lpthread",
-        ],
-        check=True,
-    )
-    lib = ctypes.CDLL(str(so), mode=ctypes.RTLD_GLOBAL)
-    lib.fake_nvml_simulate.argtypes = [ctypes.c_double, ctypes.c_double]
-    lib.fake_nvml_add_energy.argtypes = [ctypes.c_double]
-    return lib, str(so)
-
-
-# -- the benchmark ---------------------------------------------------------------------
-
-
-def _row(res: svc.StreamResult, cap: float | None) -> dict[str, Any]:
+def _row(res: h.StreamResult, cap: float | None) -> dict[str, Any]:
     req = res.batch
     return {
         "mode": res.mode,
         "cap_w": cap,
         "avg_power_w": res.steady.get("avg_power_w", res.avg_power_w),
         "run_avg_power_w": res.avg_power_w,
-        "over_100ms": res.over_share(cap) if cap else math.nan,
-        "over_100ms_instant": (
-            sum(w > cap * 1.05 for w in res.windows_extra) / len(res.windows_extra)
-            if cap and res.windows_extra
-            else math.nan
-        ),
+        "over_100ms": res.over_cap_share if cap else math.nan,
+        "over_100ms_instant": res.over_cap_share_instant if cap else math.nan,
         "on_time": res.on_time_share,
         "full_quality": res.full_share,
         "energy_per_request_j": res.energy_per_request_j,
@@ -232,7 +136,7 @@ def checks(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
         )
         out.append(
             (
-                f"cap {cap:g} W: nrg-loop 100 ms windows over the cap by >5% under 10%",
+                f"cap {cap:g} W: nrg-loop over the cap by >5% (100 ms windows) under 10% of time",
                 r["over_100ms"] < 0.10,
                 f"{100 * r['over_100ms']:.1f}%",
             )
@@ -277,7 +181,7 @@ def table(rows: list[dict[str, Any]], label: str) -> str:
 
 def plot(
     path: Path,
-    results: list[svc.StreamResult],
+    results: list[h.StreamResult],
     rows: list[dict[str, Any]],
     caps: list[float],
     title: str,
@@ -348,7 +252,7 @@ def plot(
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GPU power cap benchmark (see the module doc)")
     p.add_argument("--rate", type=float, default=1.2e6, help="requests/s (default 1.2e6)")
     p.add_argument("--batch", type=int, default=1024)
@@ -388,77 +292,64 @@ def main(argv: list[str] | None = None) -> int:
         default=4.0,
         help="--dry-run: host batch interval = real interval x this",
     )
-    args = p.parse_args(argv)
-    t_begin = _now()
+    return p.parse_args(argv)
 
-    out = Path(args.out or os.environ.get("OUT") or HERE / "results")
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_cap_dryrun" if args.dry_run else "gpu_cap"
-    tmp = Path(tempfile.mkdtemp(prefix="nrg-gpu-"))
 
-    rate = args.rate
-    extra_meter: Meter | None = None
+@dataclass
+class Setup:
+    """The device, its meters and the load, as the runs see them."""
+
+    engine: Any  # h.Engine or h.SimEngine
+    meter: Meter
+    extra_meter: Meter | None
+    rate: float  # requests/s on the host (the dry run's is --slow times lower)
+    device: str
+    label: str
+
+
+def open_device(args: argparse.Namespace, tmp: Path) -> Setup:
+    """The real GPU through NVML, or (``--dry-run``) the simulated one.
+
+    SystemExit with the reason when there is no GPU to measure."""
     if args.dry_run:
-        fake, so = _fake_nvml(tmp)
-        engine: Any = SimEngine(fake, args.batch, args.slow)
-        rate = args.rate / args.slow
-        meter = open_meter("nvml", library=so, mode="energy")
-        extra_meter = open_meter("nvml", library=so, mode="power")
-        device = "SIMULATED GPU (dry run)"
-    else:
-        import torch
-
-        if not torch.cuda.is_available():
-            print(
-                "no CUDA GPU here: this benchmark needs one (or --dry-run to check the "
-                "pipeline on a simulated GPU)",
-                file=sys.stderr,
-            )
-            return 2
-        ns = argparse.Namespace(
-            device="cuda",
-            width=4096,
-            layers=8,
-            cheap_layers=2,
-            batch=args.batch,
-            no_graphs=args.no_graphs,
-            cpu_width=0,
-            cpu_batch=0,
+        fake, so = h.fake_nvml(tmp)
+        return Setup(
+            engine=h.SimEngine(fake, args.batch, args.slow),
+            meter=open_meter("nvml", library=so, mode="energy"),
+            extra_meter=open_meter("nvml", library=so, mode="power"),
+            rate=args.rate / args.slow,
+            device="SIMULATED GPU (dry run)",
+            label="SIMULATED",
         )
-        engine = svc.make_engine(ns)
-        try:
-            meter = open_meter("nvml", index=args.gpu_index, mode=args.nvml_mode)
-        except MeterUnavailable as exc:
-            print(f"cannot read the GPU's power: {exc}", file=sys.stderr)
-            return 2
-        try:  # the instant power field, independent of the energy counter
-            extra_meter = open_meter("nvml", index=args.gpu_index, mode="power")
-        except MeterUnavailable as exc:
-            print(f"[bench] 100 ms windows from the loop's own meter ({exc})")
-        device = torch.cuda.get_device_name(0)
-    label = "SIMULATED" if args.dry_run else meter.label
-    print(f"device: {device}")
-    print(f"model:  {engine.describe()}")
-    print(f"meter:  {meter.description}")
-    if extra_meter is not None:
-        print(f"also:   {extra_meter.description} (its 100 ms windows: over_100ms_instant)")
-    print(
-        f"load:   {args.rate:.4g} requests/s in batches of {args.batch}, "
-        f"deadline {args.deadline_ms:g} ms"
-        + (f" (host runs {args.slow:g}x slower)" if args.dry_run else "")
-    )
-    deadline = args.deadline_ms / 1e3
+    if h.torch is None or not h.torch.cuda.is_available():
+        raise SystemExit(
+            "no CUDA GPU here (or no PyTorch): this benchmark needs one (or --dry-run to "
+            "check the pipeline on a simulated GPU)"
+        )
+    engine = h.Engine("cuda", 4096, 8, 2, args.batch, h.torch.bfloat16, graphs=not args.no_graphs)
+    try:
+        meter = open_meter("nvml", index=args.gpu_index, mode=args.nvml_mode)
+    except MeterUnavailable as exc:
+        raise SystemExit(f"cannot read the GPU's power: {exc}") from None
+    extra: Meter | None = None
+    try:  # the instant power field, independent of the energy counter
+        extra = open_meter("nvml", index=args.gpu_index, mode="power")
+    except MeterUnavailable as exc:
+        print(f"[bench] no cross-check meter ({exc})")
+    return Setup(engine, meter, extra, args.rate, h.torch.cuda.get_device_name(0), meter.label)
 
-    # 1. calibration: each variant alone at the rate, idle, and back to back
-    cal = svc.calibrate(engine, meter, rate, seconds=args.calibrate_seconds)
-    busy = svc.run_stream(
-        engine,
-        svc.only(engine, "full"),
+
+def calibrate(setup: Setup, args: argparse.Namespace) -> dict[str, float]:
+    """Each variant alone at the rate, idle, and the full model back to back."""
+    cal = h.calibrate(setup.engine, setup.meter, setup.rate, seconds=args.calibrate_seconds)
+    busy = h.run_stream(
+        setup.engine,
+        h.only(setup.engine, "full"),
         mode="busy",
-        rate=rate * 100,
+        rate=setup.rate * 100,
         seconds=args.calibrate_seconds,
         deadline_s=1e9,
-        meter=meter,
+        meter=setup.meter,
     )
     cal["busy"] = busy.stepped_avg_w if math.isfinite(busy.stepped_avg_w) else busy.avg_power_w
     cal["busy_batch_s"] = busy.duration_s / max(busy.served, 1)  # device time per batch
@@ -466,118 +357,158 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         cal["busy_rate"] *= args.slow
     print(
-        f"calibration ({label}): idle {cal['idle']:.1f} W, full {cal['full']:.1f} W, "
+        f"calibration ({setup.label}): idle {cal['idle']:.1f} W, full {cal['full']:.1f} W, "
         f"early exit {cal['cheap']:.1f} W at the rate; full back to back {cal['busy']:.1f} W "
         f"at {cal['busy_rate']:.4g} requests/s"
     )
-    caps = _caps(cal, args.caps)
-    print(f"caps:   {', '.join(f'{c:g} W' for c in caps)}")
+    return cal
 
-    results: list[svc.StreamResult] = []
-    rows: list[dict[str, Any]] = []
 
-    errors: list[str] = []
+@dataclass
+class Runs:
+    """The runs so far; a run that raises is reported and the others go on
+    (a device run is one shot: the other runs' numbers are still worth having)."""
 
-    def record(what: str, cap: float | None, run: Any) -> svc.StreamResult | None:
-        """One run; an exception is reported and the benchmark goes on (a device
-        run is one shot: the other runs' numbers are still worth having)."""
+    t_begin: float
+    results: list[h.StreamResult] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def record(
+        self, what: str, cap: float | None, run: Callable[[], h.StreamResult]
+    ) -> h.StreamResult | None:
         try:
-            res: svc.StreamResult = run()
-        except Exception as exc:  # noqa: BLE001
+            res = run()
+        except Exception as exc:  # reported, and the benchmark goes on
             traceback.print_exc()
-            errors.append(f"{what} at cap {cap}: {type(exc).__name__}: {exc}")
+            self.errors.append(f"{what} at cap {cap}: {type(exc).__name__}: {exc}")
             print(f"  ERROR {what} cap {cap}: {exc}")
             return None
-        results.append(res)
-        rows.append(_row(res, cap))
-        r = rows[-1]
+        self.results.append(res)
+        self.rows.append(_row(res, cap))
+        r = self.rows[-1]
         print(
             f"  {res.mode:<10} cap {cap or 0:>5.0f} W: {r['avg_power_w']:.1f} W, "
             f"{100 * r['on_time']:.2f}% on time, {100 * r['full_quality']:.1f}% full, "
-            f"{1e3 * r['energy_per_request_j']:.4f} mJ/request  ({_now() - t_begin:.0f} s)"
+            f"{1e3 * r['energy_per_request_j']:.4f} mJ/request  ({_now() - self.t_begin:.0f} s)"
         )
         return res
 
+
+def run_all(
+    setup: Setup, args: argparse.Namespace, cal: dict[str, float], caps: list[float]
+) -> Runs:
+    """Uncapped; per cap the nrg-loop and the duty-cycled full model; the bare
+    switch at the middle cap."""
+    runs = Runs(_now())
+    engine, meter, extra, rate = setup.engine, setup.meter, setup.extra_meter, setup.rate
+    deadline = args.deadline_ms / 1e3
     short_settle = min(args.settle, args.baseline_seconds / 2)
     window = max(args.window, 3 * meter.resolution_s)
 
     def full_alone(
-        mode: str,
-        cap_w: float | None = None,
-        duty: tuple[float, float, float] | None = None,
-    ) -> svc.StreamResult:
+        mode: str, cap_w: float | None = None, duty: tuple[float, float, float] | None = None
+    ) -> h.StreamResult:
         """The full model alone for the baseline time (uncapped, or duty-cycled
-        to a cap: ``duty`` as svc.run_stream takes it)."""
-        return svc.run_stream(
+        to a cap: ``duty`` as h.run_stream takes it)."""
+        return h.run_stream(
             engine,
-            svc.only(engine, "full"),
+            h.only(engine, "full"),
             mode=mode,
             rate=rate,
             seconds=args.baseline_seconds,
             deadline_s=deadline,
             meter=meter,
-            extra_meter=extra_meter,
+            extra_meter=extra,
             cap_w=cap_w,
             settle_s=short_settle,
             duty=duty,
         )
 
-    # 2. uncapped
-    record("uncapped", None, lambda: full_alone("uncapped"))
+    def nrg_loop(cap: PowerCap) -> h.StreamResult:
+        return h.serve_under_cap(
+            engine,
+            cap,
+            rate=rate,
+            seconds=args.seconds,
+            deadline_s=deadline,
+            extra_meter=extra,
+            settle_s=args.settle,
+        )
 
-    # 3. per cap: the nrg-loop and the duty-cycled full model
+    runs.record("uncapped", None, lambda: full_alone("uncapped"))
     span = cal["busy"] - cal["idle"]
     for cap_w in caps:
         cap = PowerCap(cap_w, window=window, meter=meter)
-        record(
-            "nrg-loop",
-            cap_w,
-            lambda cap=cap: svc.serve_under_cap(
-                engine,
-                cap,
-                rate=rate,
-                seconds=args.seconds,
-                deadline_s=deadline,
-                extra_meter=extra_meter,
-                settle_s=args.settle,
-            ),
-        )
+        runs.record("nrg-loop", cap_w, partial(nrg_loop, cap))
         on = min(1.0, max(0.02, (cap_w - cal["idle"]) / span)) if span > 0 else 1.0
-        res = record(
-            "duty-cycle",
-            cap_w,
-            lambda cap_w=cap_w, on=on: full_alone(
-                "duty-cycle", cap_w, duty=(on, args.duty_period, cal["busy_batch_s"])
-            ),
-        )
+        duty = (on, args.duty_period, cal["busy_batch_s"])
+        res = runs.record("duty-cycle", cap_w, partial(full_alone, "duty-cycle", cap_w, duty))
         if res is not None:
             res.steady["duty_on_fraction"] = on
-
-    # 4. the paper's bare switch (full while under the cap, else the early
-    # exit), at the middle cap only: why the example mixes instead
-    mid = caps[len(caps) // 2]
-    record(
+    # the paper's bare switch (full while under the cap, else the early exit),
+    # at the middle cap only: why the service mixes instead
+    mid = PowerCap(caps[len(caps) // 2], window=window, meter=meter)
+    runs.record(
         "bare-switch",
-        mid,
-        lambda: svc.serve_bare(
+        mid.watts,
+        lambda: h.serve_bare(
             engine,
-            PowerCap(mid, window=window, meter=meter),
+            mid,
             rate=rate,
             seconds=args.baseline_seconds,
             deadline_s=deadline,
-            extra_meter=extra_meter,
+            extra_meter=extra,
             settle_s=short_settle,
         ),
     )
+    return runs
 
-    # 5. files
-    meta = {
-        "device": device,
+
+def write_files(
+    out: Path, stem: str, meta: dict[str, Any], runs: Runs, caps: list[float], title: str
+) -> list[tuple[str, bool, str]]:
+    """``stem``.csv, .json and .png in ``out``; returns the checks."""
+    csv_path, json_path, png_path = (out / f"{stem}.{ext}" for ext in ("csv", "json", "png"))
+    with open(csv_path, "w") as f:
+        f.write("# " + json.dumps({k: meta[k] for k in ("device", "dry_run", "measured")}) + "\n")
+        f.write(",".join(COLUMNS) + "\n")
+        for r in runs.rows:
+            f.write(",".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + "\n")
+    found = checks(runs.rows)
+    doc = {
+        "meta": meta,
+        "rows": runs.rows,
+        "checks": [{"check": n, "pass": ok, "figures": fig} for n, ok, fig in found],
+        "runs": [r.to_dict() for r in runs.results],
+    }
+    with open(json_path, "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    try:
+        plot(png_path, runs.results, runs.rows, caps, title, meta["label"])
+    except Exception as exc:  # the numbers are written already
+        traceback.print_exc()
+        runs.errors.append(f"plot: {type(exc).__name__}: {exc}")
+    print(f"\nwrote {csv_path}, {json_path}, {png_path}")
+    return found
+
+
+def _meta(
+    setup: Setup,
+    args: argparse.Namespace,
+    cal: dict[str, float],
+    caps: list[float],
+    runs: Runs,
+    t_begin: float,
+) -> dict[str, Any]:
+    return {
+        "device": setup.device,
         "dry_run": args.dry_run,
-        "meter": meter.description,
-        "extra_meter": extra_meter.description if extra_meter else meter.description,
-        "measured": meter.measured,
-        "model": engine.describe(),
+        "label": setup.label,
+        "meter": setup.meter.description,
+        "extra_meter": (setup.extra_meter or setup.meter).description,
+        "measured": setup.meter.measured,
+        "model": setup.engine.describe(),
         "rate_requests_per_s": args.rate,
         "batch": args.batch,
         "deadline_ms": args.deadline_ms,
@@ -587,48 +518,51 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "python": platform.python_version(),
         "elapsed_s": _now() - t_begin,
-        "errors": errors,
+        "errors": runs.errors,
     }
-    csv_path, json_path, png_path = (out / f"{stem}.{ext}" for ext in ("csv", "json", "png"))
-    with open(csv_path, "w") as f:
-        f.write("# " + json.dumps({k: meta[k] for k in ("device", "dry_run", "measured")}) + "\n")
-        f.write(",".join(COLUMNS) + "\n")
-        for r in rows:
-            f.write(",".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + "\n")
-    found = checks(rows)
-    with open(json_path, "w") as f:
-        json.dump(
-            {
-                "meta": meta,
-                "rows": rows,
-                "checks": [{"check": n, "pass": ok, "figures": fig} for n, ok, fig in found],
-                "runs": [r.to_dict() for r in results],
-            },
-            f,
-            indent=1,
-            default=str,
-        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    t_begin = _now()
+    out = Path(args.out or os.environ.get("OUT") or HERE / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        setup = open_device(args, Path(tempfile.mkdtemp(prefix="nrg-gpu-")))
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"device: {setup.device}")
+    print(f"model:  {setup.engine.describe()}")
+    print(f"meter:  {setup.meter.description}")
+    if setup.extra_meter is not None:
+        print(f"also:   {setup.extra_meter.description} (its windows: over_100ms_instant)")
+    slow = f" (host runs {args.slow:g}x slower)" if args.dry_run else ""
+    print(
+        f"load:   {args.rate:.4g} requests/s in batches of {args.batch}, "
+        f"deadline {args.deadline_ms:g} ms{slow}"
+    )
+    cal = calibrate(setup, args)
+    caps = _caps(cal, args.caps)
+    print(f"caps:   {', '.join(f'{c:g} W' for c in caps)}")
+    runs = run_all(setup, args, cal, caps)
     title = (
         f"NRG-loop holding a GPU power cap at {args.rate / 1e6:.2g} M requests/s - "
-        f"{device}, NVML ({label})"
+        f"{setup.device}, NVML ({setup.label})"
     )
-    try:
-        plot(png_path, results, rows, caps, title, label)
-    except Exception as exc:  # noqa: BLE001 - the numbers are written already
-        traceback.print_exc()
-        errors.append(f"plot: {type(exc).__name__}: {exc}")
-
-    print(f"\nwrote {csv_path}, {json_path}, {png_path}")
+    stem = "gpu_cap_dryrun" if args.dry_run else "gpu_cap"
+    found = write_files(out, stem, _meta(setup, args, cal, caps, runs, t_begin), runs, caps, title)
     print(f"benchmark time: {_now() - t_begin:.0f} s\n")
     for name, ok, figures in found:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {figures}")
-    for e in errors:
+    for e in runs.errors:
         print(f"ERROR {e}")
     if args.dry_run:
         print("(dry run: SIMULATED GPU; these checks test the pipeline, not a GPU)")
     print()
-    print(table(rows, label))
-    return 1 if errors else 0
+    print(table(runs.rows, setup.label))
+    # a FAIL fails the run: the device run's exit code says whether the cap held
+    return 1 if runs.errors or not all(ok for _, ok, _ in found) else 0
 
 
 if __name__ == "__main__":

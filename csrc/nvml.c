@@ -5,7 +5,7 @@
  * imports on machines without the driver.  Only NVML *getters* are looked
  * up: this file cannot change a GPU's settings.
  *
- * Facts it is built on (NVML's documentation; seen on an H200, driver 580):
+ * Facts it is built on (docs/hardware.md, seen on an H200 with driver 580):
  *   - nvmlDeviceGetTotalEnergyConsumption: mJ since driver load, ~4 ms a
  *     call, the value moves in steps about every 100 ms;
  *   - NVML_FI_DEV_POWER_INSTANT (field 186): mW, ~6 us a call, a new value
@@ -372,8 +372,8 @@ static void nvml_free(struct nrg_source *s)
 }
 
 /* Wait (up to STILL_WAIT_S) for the energy counter to move.  It tells a
- * counter that never moves (seen with other counters on virtual machines)
- * from one that works, and it stamps the first reading with the
+ * counter that never moves (seen with other counters on virtual machines:
+ * docs/hardware.md) from one that works, and it stamps the first reading with the
  * time of a step instead of a read.  Returns 1 if it moved. */
 enum { STILL_POLL_NS = 5000000 };
 static const double STILL_WAIT_S = 0.25;

@@ -9,7 +9,16 @@ from __future__ import annotations
 from nrgloops._errors import MeterUnavailable, NrgError
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
-from nrgloops.loops import nrg_adapt, nrg_alternate, perforate, truncate
+from nrgloops.loops import (
+    AdaptedFunction,
+    AdaptLoop,
+    PerforatedLoop,
+    TruncatedLoop,
+    nrg_adapt,
+    nrg_alternate,
+    perforate,
+    truncate,
+)
 from nrgloops.meters import Meter, Reading, open_meter
 from nrgloops.report import Report
 from nrgloops.sampler import Sampler
@@ -17,15 +26,19 @@ from nrgloops.sampler import Sampler
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptLoop",
+    "AdaptedFunction",
     "EnergyBudget",
     "Knob",
     "Meter",
     "MeterUnavailable",
     "NrgError",
+    "PerforatedLoop",
     "PowerCap",
     "Reading",
     "Report",
     "Sampler",
+    "TruncatedLoop",
     "nrg_adapt",
     "nrg_alternate",
     "open_meter",

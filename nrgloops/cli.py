@@ -247,8 +247,13 @@ def _writable_dir(path: str) -> Path:
 
 
 def cmd_bench_substring(args: argparse.Namespace) -> int:
-    from nrgloops.bench.substring import Config, SubstringBench, parse_caps
     from nrgloops.governors import GovernorUnavailable, Terminated, signals_raise
+
+    try:  # the benchmark is a guest: imported only to run it, from its extra
+        from nrgloops.bench.substring import Config, SubstringBench, parse_caps
+    except ImportError as exc:
+        _err(f"bench substring: {exc}")
+        return EXIT_USAGE
 
     # Everything that can be wrong is checked here, before any work: the
     # values by Config.validate (one check each), the governor and the meter
@@ -270,7 +275,7 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
         live = _Live()
         bench = SubstringBench(config, log=live.log, live=live if live.tty else None)
         out = _writable_dir(args.out)
-    except (ValueError, TypeError, MeterUnavailable, GovernorUnavailable) as exc:
+    except (ValueError, TypeError, ImportError, MeterUnavailable, GovernorUnavailable) as exc:
         _err(str(exc))
         return EXIT_USAGE
 
@@ -335,7 +340,6 @@ def cmd_governor_restore(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from nrgloops import __version__
-    from nrgloops.bench.substring import MODES
     from nrgloops.control import POLICIES
     from nrgloops.governors import GOVERNORS
     from nrgloops.meters import KINDS
@@ -393,8 +397,9 @@ def _parser() -> argparse.ArgumentParser:
         "substring",
         help="substring search: NRG-loop vs system governor over a sweep of caps",
         description=(
-            f"Runs the substring-search loop in {', '.join(MODES)} modes over a sweep of "
-            "soft power caps and writes DIR/substring.{csv,json,png}."
+            "Runs the substring-search loop uncapped, as an NRG-loop and under a system "
+            "governor over a sweep of soft power caps and writes DIR/substring.{csv,json,png}. "
+            'Needs the bench extra: pip install "nrgloops[bench]".'
         ),
     )
     sb.add_argument("--caps", help="caps in W, e.g. 30,35,40 (default: between idle and uncapped)")

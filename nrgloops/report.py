@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from nrgloops.sampler import DEFAULT_HISTORY_S
 if TYPE_CHECKING:
     from nrgloops.sampler import Sampler
 
-__all__ = ["MAX_TIMELINE_POINTS", "SHORT_LOOP_NOTE", "Report", "ring_history"]
+__all__ = ["MAX_TIMELINE_POINTS", "SHORT_LOOP_NOTE", "Report", "WindowStats", "ring_history"]
 
 MAX_TIMELINE_POINTS = 1000
 PULL_EVERY_S = 2.0  # pull at most this far apart...
@@ -231,8 +232,156 @@ class Report:
         return "\n".join(lines)
 
 
-class Recorder:
-    """Accumulates a loop's power figures from its sampler (not thread-safe:
+class WindowStats:
+    """Window statistics of one run's power, from a sampler: the one place
+    their definitions live (docs/architecture.md, "One measurement path").
+
+    * average power: the energy between two readings of the counter (``begin``
+      and ``end``) over the time between them;
+    * peak power: the largest windowed power (the average over the trailing
+      ``window`` s) at a sample whose whole window lies inside the run -- one
+      whose window reaches back before ``t0`` averages what came before; a
+      run shorter than one window has no such sample, and then all of its
+      samples count;
+    * share over the cap: the share of the run's covered time, time-weighted
+      between samples, during which the windowed power was over ``cap``, over
+      the same samples as the peak.
+
+    ``trace_every`` > 0 keeps a (time, windowed power) point at most that
+    often, in ``trace``, for a figure.  ``pull()`` takes the windowed power
+    at every sample since the previous pull, from the sampler's ring: call it
+    at least every ``pull_every`` s so that the ring still holds them (and
+    once at the end).  Not thread-safe: one caller at a time.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        window: float,
+        *,
+        domain: str | None = None,
+        cap_w: float | None = None,
+        t0: float | None = None,
+        trace_every: float = 0.0,
+    ) -> None:
+        self.sampler = sampler
+        self.window = window
+        self.domain = domain
+        self.cap = math.inf if cap_w is None else cap_w  # may change between pulls
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.after = self.t0  # samples up to here are counted
+        self.pulled = self.t0
+        self.last_w = math.nan  # the newest windowed power pulled, W
+        # [0]: samples whose window lies inside the run; [1]: the others
+        self._peak = [-math.inf, -math.inf]
+        self._over = [0.0, 0.0]
+        self._covered = [0.0, 0.0]
+        self._ends: list[tuple[float, float]] = []
+        # (time, windowed power) at most every trace_every s (0: none), for a figure
+        self.trace_every = trace_every
+        self.trace: list[tuple[float, float]] = []
+        # pull often enough that the samples since the last pull, each with
+        # its window of rows before it, are still in the ring
+        self.pull_every = min(PULL_EVERY_S, max(MIN_PULL_S, (sampler.history - window) / 2.0))
+        self._max_series = int(sampler.history / sampler.period) + 128
+        self._gap = max(10 * sampler.period, 0.05)  # a late sampler thread is not a gap
+
+    # -- feeding ---------------------------------------------------------------
+    def pull(self, now: float | None = None) -> None:
+        """Take the windowed power at every sample since the last pull."""
+        self.pulled = time.monotonic() if now is None else now
+        times, watts = self.sampler.series(
+            self.after, self.window, self.domain, max_points=self._max_series
+        )
+        if len(self._ends) == 2:  # ended: no sample after the end reading counts
+            stop = self._ends[1][0]
+            times = [t for t in times if t <= stop]
+            watts = watts[: len(times)]
+        prev = self.after
+        cap, gap, period = self.cap, self._gap, self.sampler.period
+        inside_from = self.t0 + self.window
+        peak, over, covered = self._peak, self._over, self._covered
+        for t, w in zip(times, watts, strict=True):
+            dt = t - prev
+            prev = t
+            if dt > gap:  # rows overwritten before this pull: count no more than one period
+                dt = period
+            k = 0 if t >= inside_from else 1
+            covered[k] += dt
+            if w > cap:
+                over[k] += dt
+            if w > peak[k]:
+                peak[k] = w
+        if self.trace_every > 0:
+            trace, every = self.trace, self.trace_every
+            for t, w in zip(times, watts, strict=True):
+                if not trace or t - trace[-1][0] >= every:
+                    trace.append((t, w))
+        if watts:
+            self.last_w = watts[-1]
+        self.after = prev
+
+    def begin(self, reading: tuple[float, float] | None = None) -> None:
+        """The counter's reading at the run's start: (time, s; energy, J);
+        default the sampler's newest row."""
+        self._ends[:] = [reading if reading is not None else self.sampler.latest(self.domain)]
+
+    def end(self, reading: tuple[float, float] | None = None) -> None:
+        """The counter's reading at the run's end (default the newest row), and
+        a last pull of the samples up to it (a reading taken at the end may be
+        given a little later, once the samples up to it are in the ring)."""
+        if not self._ends:
+            raise RuntimeError("WindowStats.end() before begin()")
+        self._ends[1:] = [reading if reading is not None else self.sampler.latest(self.domain)]
+        self.pull()
+
+    # -- the figures -------------------------------------------------------------
+    @property
+    def duration_s(self) -> float:
+        """Time between the two counter readings, s (NaN before ``end``)."""
+        return self._ends[1][0] - self._ends[0][0] if len(self._ends) == 2 else math.nan
+
+    @property
+    def energy_j(self) -> float:
+        """Energy between the two counter readings, J (NaN before ``end``)."""
+        return self._ends[1][1] - self._ends[0][1] if len(self._ends) == 2 else math.nan
+
+    @property
+    def average_w(self) -> float:
+        """Average power, W: NaN when the readings span no time."""
+        span = self.duration_s
+        return self.energy_j / span if span > 0 else math.nan
+
+    def _which(self) -> int:
+        return 0 if self._covered[0] > 0 or self._peak[0] > -math.inf else 1
+
+    @property
+    def peak_w(self) -> float:
+        """Peak windowed power, W: NaN before any sample."""
+        peak = self._peak[self._which()]
+        return peak if peak > -math.inf else math.nan
+
+    @property
+    def over_s(self) -> float:
+        """Seconds over the cap so far, at the samples whose window lies inside
+        the run (a counter: it never decreases)."""
+        return self._over[0]
+
+    @property
+    def covered_s(self) -> float:
+        """Time the counted samples cover, s."""
+        return self._covered[self._which()]
+
+    def over_share(self) -> float | None:
+        """Share over the cap: None without a cap, NaN before any sample."""
+        if self.cap == math.inf:
+            return None
+        k = self._which()
+        return self._over[k] / self._covered[k] if self._covered[k] > 0 else math.nan
+
+
+class Recorder(WindowStats):
+    """A loop's window statistics and its bounded timeline (not thread-safe:
     the loop calls it under its own lock)."""
 
     def __init__(
@@ -244,47 +393,17 @@ class Recorder:
         t0: float,
         max_points: int = MAX_TIMELINE_POINTS,
     ) -> None:
-        self.sampler = sampler
-        self.window = window
-        self.domain = domain
-        self.cap = math.inf if cap_w is None else cap_w
-        self.t0 = t0
-        self.after = t0  # samples up to here are counted
-        self.pulled = t0
-        self.peak = -math.inf
-        self.over_s = 0.0
-        self.covered_s = 0.0
+        super().__init__(sampler, window, domain=domain, cap_w=cap_w, t0=t0)
         self.max_points = max(2, max_points)
         self.points: list[Point] = []
         self.dt = window / 4.0
         self.last_mark = -math.inf
-        # pull often enough that the samples since the last pull, each with
-        # its window of rows before it, are still in the ring
-        self.pull_every = min(PULL_EVERY_S, max(MIN_PULL_S, (sampler.history - window) / 2.0))
-        n = sampler.history / sampler.period
-        self._max_series = int(n) + 128
-        self._gap = max(10 * sampler.period, 0.05)  # a late sampler thread is not a gap
 
-    def pull(self, now: float) -> None:
-        """Take the windowed power at every sample since the last pull."""
-        self.pulled = now
-        times, watts = self.sampler.series(
-            self.after, self.window, self.domain, max_points=self._max_series
-        )
-        prev = self.after
-        cap = self.cap
-        gap = self._gap
-        for t, w in zip(times, watts, strict=True):
-            dt = t - prev
-            prev = t
-            if dt > gap:  # rows overwritten before this pull: count no more than one period
-                dt = self.sampler.period
-            self.covered_s += dt
-            if w > cap:
-                self.over_s += dt
-            if w > self.peak:
-                self.peak = w
-        self.after = prev
+    @property
+    def peak(self) -> float:
+        """The peak windowed power, W, -inf before any sample."""
+        p = self.peak_w
+        return -math.inf if math.isnan(p) else p
 
     def mark(self, now: float, power: float, value: Value) -> None:
         """Add a timeline point, at most one per ``dt`` seconds."""
@@ -299,6 +418,4 @@ class Recorder:
     def over_fraction(self) -> float | None:
         """Share of the covered time over the cap; None without a cap, NaN
         before any sample was covered."""
-        if self.cap == math.inf:
-            return None
-        return self.over_s / self.covered_s if self.covered_s > 0 else math.nan
+        return self.over_share()

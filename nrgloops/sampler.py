@@ -395,6 +395,19 @@ class Sampler:
         ptr = self._ptr()
         return float(lib.nrg_sampler_energy(ptr, col) - self._energy0[col])
 
+    def latest(self, domain: str | None = None) -> tuple[float, float]:
+        """The newest row: (its monotonic time, s; the counter's energy then, J).
+
+        Two rows' energies differ by exactly the energy between their times:
+        the counter's readings, not a windowed estimate.
+        """
+        ptr = self._ptr()
+        col = self.meter.domain_index(domain)
+        t = ffi.new("double *")
+        j = ffi.new("double[]", lib.NRG_MAX_DOMAINS + 1)
+        lib.nrg_sampler_latest(ptr, t, j)
+        return float(t[0]), float(j[len(self.meter.domains) if col < 0 else col])
+
     def series(
         self, after: float, window: float, domain: str | None = None, max_points: int = 100_000
     ) -> tuple[list[float], list[float]]:

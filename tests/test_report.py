@@ -174,12 +174,6 @@ def test_missing_figures_are_null_in_json_and_csv_and_n_a_in_text(tmp_path: Path
     assert Report.from_json(nocap.to_json()).over_cap_fraction is None
 
 
-def test_the_docstring_says_what_avg_power_is() -> None:
-    doc = Report.__doc__ or ""
-    assert "energy_j / duration_s, W." not in doc
-    assert "energy_j over the time between those two rows" in doc
-
-
 def test_str_of_truncate_and_perforate(fake: FakeMeter) -> None:
     t = truncate(range(3), EnergyBudget(1000, meter=fake))
     list(t)

@@ -339,10 +339,10 @@ def run_as_nobody(fn: Callable[[], object]) -> str:
             try:
                 fn()
                 out = "ok"
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            except BaseException as exc:  # reported to the parent
                 out = f"{type(exc).__name__}: {exc}"
             os.write(w, out.encode()[:60000])
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             code = 1
         finally:
             os._exit(code)

@@ -8,7 +8,12 @@ size give the same bytes (numpy's PCG64 stream).
 
 from __future__ import annotations
 
-import numpy as np
+from nrgloops.bench import EXTRA_MISSING
+
+try:
+    import numpy as np
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(f"numpy is missing: {EXTRA_MISSING}") from exc
 
 __all__ = ["make_corpus", "make_patterns"]
 

@@ -12,10 +12,12 @@ search spread over ``threads`` threads.  Three modes do the same work:
   (the RAPL power limit, or a cgroup CPU quota moved by a power feedback loop).
 
 Every run is measured the same way, from one sampler on one meter that counts
-the whole machine (the cgroup governor's workload is a child process): energy
-from the meter's counter, time from the monotonic clock, the peak and the
-share of time over the cap from the windowed power at each sample (the first
-window of a run, which still averages over what came before, is left out).
+the whole machine (the cgroup governor's workload is a child process), by
+``nrgloops.report.WindowStats``, the project's one definition of average,
+peak and share over the cap (docs/architecture.md): the energy between two
+counter reads at the run's edges over the time between them, and the peak and
+the share of time over the cap from the windowed power at each sample whose
+window lies inside the run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from nrgloops import _checks
 from nrgloops._machine import available_memory, cpu_count, machine_info
+from nrgloops.bench import check_extra
 from nrgloops.bench.corpus import make_corpus, make_patterns
 from nrgloops.bench.search import Searcher
 from nrgloops.constraints import PowerCap, default_window
@@ -44,6 +47,7 @@ from nrgloops.control import POLICIES, Knob
 from nrgloops.governors import GOVERNORS, Governor, open_governor
 from nrgloops.loops import nrg_adapt
 from nrgloops.meters import KINDS, Meter, open_meter
+from nrgloops.report import WindowStats
 from nrgloops.sampler import Sampler
 
 __all__ = [
@@ -254,8 +258,9 @@ class _Counter:
 
 
 class _Measure:
-    """Measures one run from the shared sampler, pulling the windowed power
-    from the ring in a thread (the ring holds ~10 s)."""
+    """One run: its window statistics (``nrgloops.report.WindowStats``, pulled
+    from the shared sampler in a thread: the ring holds ~10 s) and the CPU
+    time other programs used meanwhile."""
 
     def __init__(
         self,
@@ -264,25 +269,18 @@ class _Measure:
         cap: float | None,
         tick: Callable[[float], None] | None = None,
     ) -> None:
-        self.sampler, self.window, self.cap, self._tick = sampler, window, cap, tick
-        self.times: list[float] = []
-        self.watts: list[float] = []
+        self.sampler, self._tick = sampler, tick
+        self._window, self._cap = window, cap
+        self.stats = WindowStats(sampler, window, cap_w=cap)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nrg-bench-measure", daemon=True)
-        self.t0 = self.t1 = self.e0 = self.e1 = 0.0
         self.c0 = self.c1 = (0.0, 0.0)
-
-    def _pull(self) -> None:
-        after = self.times[-1] if self.times else self.t0
-        t, w = self.sampler.series(after, self.window)
-        self.times += t
-        self.watts += w
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
-            self._pull()
+            self.stats.pull()
             if self._tick is not None:
-                self._tick(self.watts[-1] if self.watts else math.nan)
+                self._tick(self.stats.last_w)
 
     def _cpu(self) -> tuple[float, float]:
         """(busy CPU seconds of the machine, CPU seconds of this process and
@@ -300,7 +298,7 @@ class _Measure:
     @property
     def background_cpus(self) -> float:
         """CPUs that other programs kept busy during the run, on average."""
-        if self.duration <= 0:
+        if not self.duration > 0:
             return math.nan
         return max(0.0, ((self.c1[0] - self.c0[0]) - (self.c1[1] - self.c0[1])) / self.duration)
 
@@ -312,40 +310,25 @@ class _Measure:
 
     def __enter__(self) -> _Measure:
         self.c0 = self._cpu()
-        self.t0, self.e0 = self._read()
+        self.stats = WindowStats(self.sampler, self._window, cap_w=self._cap)  # from now
+        self.stats.begin(self._read())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.t1, self.e1 = self._read()
+        end = self._read()
         self.c1 = self._cpu()
         self._stop.set()
         self._thread.join()
-        self._pull()
+        self.stats.end(end)
 
     @property
     def duration(self) -> float:
-        return self.t1 - self.t0
+        return self.stats.duration_s
 
     @property
     def energy(self) -> float:
-        return self.e1 - self.e0
-
-    def _inside(self) -> list[float]:
-        # Samples whose whole window lies inside the run (all, for a short run).
-        ts, ws = self.times, self.watts
-        full = [ws[i] for i in range(len(ws)) if self.t0 + self.window <= ts[i] <= self.t1]
-        return full or [ws[i] for i in range(len(ws)) if ts[i] <= self.t1]
-
-    def peak(self) -> float:
-        inside = self._inside()
-        return max(inside) if inside else self.energy / max(self.duration, 1e-9)
-
-    def over_cap(self) -> float | None:
-        inside = self._inside()
-        if self.cap is None or not inside:
-            return None
-        return sum(1 for w in inside if w > self.cap) / len(inside)
+        return self.stats.energy_j
 
 
 def _search_all(corpus: bytes, patterns: Sequence[bytes], threads: int, done: _Counter) -> int:
@@ -378,6 +361,7 @@ class SubstringBench:
         live: Callable[[str], None] | None = None,
         powercap_root: str = "/sys/class/powercap",
     ) -> None:
+        check_extra()  # matplotlib too, before any work rather than at the figure
         config.validate()
         self.config = config
         self.log, self.live = log, live
@@ -410,9 +394,9 @@ class SubstringBench:
         row = Row(
             mode=mode,
             cap_w=cap,
-            avg_power_w=e / t if t > 0 else math.nan,
-            peak_power_w=m.peak(),
-            over_cap_fraction=m.over_cap(),
+            avg_power_w=m.stats.average_w,
+            peak_power_w=m.stats.peak_w,
+            over_cap_fraction=m.stats.over_share(),
             energy_j=e,
             energy_rel=e / base.energy_j if base else 1.0,
             time_s=t,
@@ -489,8 +473,6 @@ class SubstringBench:
                 "matches": total,
                 "mean_threads": threads_sum / max(1, len(patterns)),
                 "knob": rep.knob,
-                "loop_over_cap_fraction": rep.over_cap_fraction,
-                "loop_peak_power_w": rep.peak_power_w,
             },
         )
 

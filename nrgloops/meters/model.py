@@ -7,7 +7,7 @@ Where the defaults come from: a busy core of a current x86 part draws roughly
 its share of the package's TDP (65 W / 8 cores for a desktop part, 270 W / 40
 cores for a Xeon 8380: 7-8 W), hence ``watts_per_core = 8``; an idle package
 of a small machine draws a few watts, hence ``idle_watts = 5``.  Such a model
-holds poorly outside what it was fit on: set your own with
+holds poorly outside what it was fit on (docs/hardware.md): set your own with
 the arguments or NRGLOOPS_MODEL_IDLE_W / NRGLOOPS_MODEL_W_PER_CORE.  Numbers
 from this meter are always labelled "estimated".
 """

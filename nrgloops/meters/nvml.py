@@ -185,12 +185,12 @@ def _pynvml_facts(index: int) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     try:
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - optional facts, never an error
+    except Exception:  # optional facts, never an error
         return {}
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         facts["power_limit_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     finally:
         with contextlib.suppress(Exception):

@@ -113,7 +113,7 @@ class _Poller:
         while not self.stop.wait(self.period):
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - a polling thread must not die
+            except Exception:  # a polling thread must not die
                 self.errors += 1
 
 
@@ -175,7 +175,7 @@ def _import_pyrapl() -> Any:
 
 def _make_sensor() -> Any:
     try:
-        pyRAPL = _import_pyrapl()  # noqa: N806 - the package's own name
+        pyRAPL = _import_pyrapl()  # the package's own name
     except ImportError:
         raise MeterUnavailable(
             "pyrapl meter: pyRAPL is not installed: pip install nrgloops[pyrapl]"
@@ -184,7 +184,7 @@ def _make_sensor() -> Any:
     if sensor is None:
         try:
             pyRAPL.setup()
-        except Exception as exc:  # noqa: BLE001 - pyRAPL raises many kinds
+        except Exception as exc:  # pyRAPL raises many kinds
             raise MeterUnavailable(
                 f"pyrapl meter: pyRAPL.setup() failed ({type(exc).__name__}: {exc}); pyRAPL "
                 "reads /sys/class/powercap/intel-rapl/*/energy_uj: it needs RAPL and read "
@@ -211,7 +211,7 @@ def open_pyrapl(period: float = 0.01, sensor: Any = None) -> PyRaplMeter:
         sensor = _make_sensor()
     try:
         first = [float(v) for v in sensor.energy()]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise MeterUnavailable(
             f"pyrapl meter: pyRAPL's Sensor.energy() failed: {type(exc).__name__}: {exc}"
         ) from None
