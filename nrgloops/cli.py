@@ -87,6 +87,7 @@ def _meters_report() -> tuple[list[str], str]:
         lines.append(
             f"  {kind:<9} available, {m.label}: {m.description}; domains {', '.join(m.domains)}"
         )
+        lines += [f"            skipped {item}" for item in m.skipped]
         if best is None and kind in ("msr", "powercap", "perf"):
             best = f"{kind} ({m.label})"
     return lines, best or "model (estimated: no energy counter can be read here)"
@@ -217,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         m = exporter.sampler.meter
         print(
             f"nrgloops: serving {exporter.url} -- {m.label.upper()} by the {m.kind} meter "
-            f"({m.description.split(' -- ')[0]}); Ctrl-C to stop",
+            f"({m.description}); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )

@@ -83,7 +83,9 @@ def test_tiny_sweep_writes_three_files(
 
     doc = json.loads(paths[1].read_text())
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu_model"]
-    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == "estimated"
+    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == (
+        "simulated" if meter == "fake" else "estimated"
+    )
     assert doc["interrupted"] is False
     assert doc["corpus"]["strings"] == 60
     matches = {r["details"]["matches"] for r in doc["rows"]}
@@ -96,7 +98,7 @@ def test_tiny_sweep_writes_three_files(
     for r in doc["rows"]:  # the governor's trace, read without knowing its kind
         assert ("mean_quota_cpus" in r["details"]) == (r["mode"] == "governor")
     table = bench.table()
-    assert "ESTIMATED" in table and "uncapped" in table
+    assert ("SIMULATED" if meter == "fake" else "ESTIMATED") in table and "uncapped" in table
     assert not list((tmp_path / "journal").glob("*.json"))
 
 

@@ -516,7 +516,7 @@ class SubstringBench:
         gov = self.governor.name if self.governor else "none"
         self.log(
             f"nrgloops bench substring: {self.cores} cores, meter {self.meter.kind} "
-            f"({self._label()}: {self.meter.description.split(' -- ')[0]}), governor {gov}"
+            f"({self._label()}: {self.meter.description}), governor {gov}"
         )
         if self.governor is None:
             self.log(f"  {self.governor_why}: the governor rows are left out")
@@ -613,6 +613,7 @@ class SubstringBench:
                 "measured": self.meter.measured,
                 "label": self.meter.label,
                 "description": self.meter.description,
+                "fallback_reason": self.meter.fallback_reason,
                 "window_s": self.window,
             },
             "governor": {
@@ -744,8 +745,7 @@ def format_table(rows: Sequence[Row], meter: Meter) -> str:
             flag = f", {n_bad} disturbed" if n_bad else ""
             lines.append(f"  {key[0]:<9}{cap:>8}: {'; '.join(parts)} ({len(group)} runs{flag})")
     lines.append(
-        f"powers and energies {meter.label.upper()} by the {meter.kind} meter"
-        f" ({meter.description.split(' -- ')[0]})"
+        f"powers and energies {meter.label.upper()} by the {meter.kind} meter ({meter.description})"
     )
     return "\n".join(lines)
 
@@ -906,7 +906,7 @@ def figure(doc: dict[str, Any]) -> Any:
         )
         notes.append(
             f"idle {doc['idle_w']:.1f} W, uncapped {base_w[0]:.1f} W in {base_s[0]:.1f} s; "
-            f"{meter['description'].split(' -- ')[0]}"
+            f"{meter['description']}"
         )
     disturbed = [r for r in rows if r.get("disturbed")]
     if disturbed:
