@@ -521,7 +521,7 @@ class EvenMix:
     """Error diffusion: True for a share ``knob.value`` of the calls, evenly spread
     (share 0.25: every 4th call), so every short stretch holds the mix."""
 
-    def __init__(self, knob: Knob) -> None:
+    def __init__(self, knob: Knob[float]) -> None:
         self.knob = knob
         self.acc = 0.0
 
@@ -598,9 +598,9 @@ def serve_under_cap(
         def shed(k: int) -> bool:
             return mixed(k, shed=True)
 
-        net = nrg_adapt(hard)(through_the_mix)
-        nrg_alternate(net)(shed)
-        serve = net
+        adapted = nrg_adapt(hard)(through_the_mix)
+        nrg_alternate(adapted)(shed)
+        net = serve = adapted
 
     res = run_stream(
         engine,

@@ -97,7 +97,7 @@ class EvenMix:
     """True for a share ``knob.value`` of the calls, evenly spread (error
     diffusion: share 0.25 is every 4th call), so every 100 ms holds the mix."""
 
-    def __init__(self, knob: nrgloops.Knob) -> None:
+    def __init__(self, knob: nrgloops.Knob[float]) -> None:
         self.knob, self.acc = knob, 0.0
 
     def take(self) -> bool:
@@ -108,7 +108,7 @@ class EvenMix:
         return False
 
 
-Loop = nrgloops.AdaptedFunction[bool]
+Loop = nrgloops.AdaptedFunction[..., bool]
 
 
 def under_cap(model: Model, cap: nrgloops.PowerCap) -> tuple[Loop, Loop]:
