@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nrgloops import Knob, PowerCap, Report, Sampler, nrg_adapt, nrg_alternate
+from nrgloops import Knob, PowerCap, Report, Sampler, _checks, nrg_adapt, nrg_alternate
 from nrgloops.meters import Meter
 from nrgloops.report import WindowStats
 
@@ -100,8 +100,8 @@ class Engine:
         seed: int = 0,
     ) -> None:
         assert torch is not None
-        if not 1 <= cheap_layers < layers:
-            raise ValueError(f"cheap_layers must be in [1, layers), got {cheap_layers} of {layers}")
+        _checks.count("layers", layers, lo=2)
+        _checks.count("cheap_layers", cheap_layers, lo=1, hi=layers - 1)
         self.device = device
         self.cuda = device.startswith("cuda")
         self.width, self.layers, self.cheap_layers, self.batch = width, layers, cheap_layers, batch

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nrgloops import _checks
 from nrgloops.sampler import DEFAULT_HISTORY_S
 
 if TYPE_CHECKING:
@@ -265,10 +266,12 @@ class WindowStats:
         trace_every: float = 0.0,
     ) -> None:
         self.sampler = sampler
-        self.window = window
-        self.domain = domain
-        self.cap = math.inf if cap_w is None else cap_w  # may change between pulls
-        self.t0 = time.monotonic() if t0 is None else t0
+        self.window = _checks.number("window", window, "seconds", lo=0.0, lo_open=True)
+        self.domain = sampler.meter.domains[sampler.meter.domain_index(domain)] if domain else None
+        # the cap may change between pulls (a PowerCap changed at run time)
+        self.cap = math.inf if cap_w is None else _checks.number("cap_w", cap_w, "watts")
+        self.t0 = time.monotonic() if t0 is None else _checks.number("t0", t0, "seconds")
+        trace_every = _checks.number("trace_every", trace_every, "seconds", lo=0.0)
         self.after = self.t0  # samples up to here are counted
         self.pulled = self.t0
         self.last_w = math.nan  # the newest windowed power pulled, W
