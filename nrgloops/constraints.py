@@ -12,15 +12,22 @@ counter updates, and never under 0.1 s::
 
 A window shorter than three counter updates is noise: it is widened to that,
 with a warning.
+
+The amount may change while a loop runs: ``cap.watts = 25`` (from any
+thread: one float is replaced, atomically under the GIL) takes effect at
+the loop's next tick, a few milliseconds later; so does
+``budget.joules = 800``.  What a running loop cannot change -- the window
+its sampler averages over, the meter it reads, the domain -- refuses
+assignment with an AttributeError saying so: make a new constraint instead.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from typing import Any
 
+from nrgloops._checks import number
 from nrgloops.meters import Meter, open_meter
 
 __all__ = ["EnergyBudget", "PowerCap", "default_window"]
@@ -46,11 +53,28 @@ def _meter(meter: str | Meter) -> Meter:
 
 
 def _amount(name: str, value: Any, unit: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of {unit}, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number of {unit} > 0, got {value!r}")
-    return float(value)
+    return number(name, value, unit, lo=0.0, lo_open=True)
+
+
+class _Fixed:
+    """A read-only attribute that says why it cannot change at run time."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj, self.slot)
+
+    def __set__(self, obj: object, value: Any) -> None:
+        raise AttributeError(
+            f"{type(obj).__name__}.{self.name} cannot be changed after it is made: "
+            f"{self.why}; make a new {type(obj).__name__} instead"
+        )
 
 
 def _domain(meter: Meter, domain: str | None) -> str | None:
@@ -67,7 +91,8 @@ class PowerCap:
     """A soft power cap: keep the power, averaged over ``window`` seconds, at or under ``watts``.
 
     Args:
-        watts: the cap, W (finite, > 0).
+        watts: the cap, W (finite, > 0).  Assignable at run time: a running
+            loop follows the new value from its next tick.
         window: the averaging window, s (> 0).  Default: ten updates of the
             meter's counter, at least 0.1 s (0.1 s for RAPL, 1 s for NVML).
             A window under three counter updates is widened, with a warning.
@@ -76,6 +101,10 @@ class PowerCap:
         domain: one domain of the meter (e.g. "package-0"), or None for its total.
     """
 
+    window = _Fixed("the sampler of a running loop averages over it")
+    meter = _Fixed("a running loop's sampler reads it")
+    domain = _Fixed("a running loop's sampler reads its column")
+
     def __init__(
         self,
         watts: float,
@@ -83,11 +112,11 @@ class PowerCap:
         meter: str | Meter = "auto",
         domain: str | None = None,
     ) -> None:
-        self.watts = _amount("watts", watts, "watts")
+        self.watts = watts  # (the setter checks it)
         if window is not None:
             window = _amount("window", window, "seconds")
-        self.meter = _meter(meter)
-        self.domain = _domain(self.meter, domain)
+        self._meter = _meter(meter)
+        self._domain = _domain(self._meter, domain)
         least = 3.0 * self.meter.resolution_s
         if window is None:
             window = default_window(self.meter)
@@ -99,7 +128,16 @@ class PowerCap:
                 stacklevel=2,
             )
             window = least
-        self.window = window
+        self._window = window
+
+    @property
+    def watts(self) -> float:
+        """The cap, W.  Assign to change it at run time (from any thread)."""
+        return self._watts
+
+    @watts.setter
+    def watts(self, value: float) -> None:
+        self._watts = _amount("watts", value, "watts")
 
     def __repr__(self) -> str:
         where = f" {self.domain}" if self.domain else ""
@@ -118,15 +156,30 @@ class EnergyBudget:
         domain: one domain of the meter, or None for its total.
 
     ``window`` (s) is the window used for the power figures of reports.
+    ``joules`` may be assigned at run time: a running ``truncate`` loop
+    stops at the new budget (counted from its start) from its next check.
     """
+
+    window = _Fixed("it is the meter's default window, which the reports use")
+    meter = _Fixed("a running loop's sampler reads it")
+    domain = _Fixed("a running loop's sampler reads its column")
 
     def __init__(
         self, joules: float, meter: str | Meter = "auto", domain: str | None = None
     ) -> None:
-        self.joules = _amount("joules", joules, "joules")
-        self.meter = _meter(meter)
-        self.domain = _domain(self.meter, domain)
-        self.window = default_window(self.meter)
+        self.joules = joules  # (the setter checks it)
+        self._meter = _meter(meter)
+        self._domain = _domain(self._meter, domain)
+        self._window = default_window(self._meter)
+
+    @property
+    def joules(self) -> float:
+        """The budget, J.  Assign to change it at run time (from any thread)."""
+        return self._joules
+
+    @joules.setter
+    def joules(self, value: float) -> None:
+        self._joules = _amount("joules", value, "joules")
 
     def __repr__(self) -> str:
         where = f" {self.domain}" if self.domain else ""

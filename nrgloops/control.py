@@ -1,8 +1,10 @@
 """Knobs: a level the application reads (threads, batch size, accuracy) and
 the library moves to hold a power cap.
 
-Policies (each called at most once per ``dwell`` seconds, with the windowed power):
-
+Policies
+--------
+- ``"mix"`` (the default): a real-valued level between two grid levels,
+  held by time-division, with a learned model of the power per level.
 - ``"step"``: the paper's ramp: ``-step`` when over the cap, ``+step`` when under.
 - ``"aimd"``: additive increase (``+step``), multiplicative decrease: the
   distance to ``lo`` is multiplied by ``factor`` (0.5: halved).
@@ -10,8 +12,79 @@ Policies (each called at most once per ``dwell`` seconds, with the windowed powe
   cap, aimed at the middle of the band; the integral is clamped so that the
   output stays in ``[lo, hi]`` (anti-windup); the output is quantised to ``step``.
 
-Every policy moves down when the power is over the cap, up only when it is
-under ``cap * (1 - band)``, and holds in between (hysteresis), and waits
+Which to choose: ``"mix"`` whenever running the two levels around the target
+in turn is fine for the application (threads, batch sizes, model variants:
+almost always); it holds a cap that falls between two levels at the cap, not
+at the level under it.  ``"step"`` where the level must not alternate (a
+setting that is costly to change), at the price of the work between the
+level under the cap and the cap; ``"aimd"``/``"pi"`` likewise, reaching the
+level under the cap faster from far away.
+
+The mixed level (after POET)
+----------------------------
+The state is a real level ``x`` on the grid's index scale, ``0 <= x <= top
+index``.  The application reads one grid level at a time (``knob.value``):
+at each tick of the loop (every ~2 ms, or every iteration when iterations are
+slower) the knob picks the level below ``x`` or the one above, so that the
+*time* spent at the upper one is the fractional part of ``x``: a first-order
+sigma-delta on time, deterministic and evenly spread (like perforate's
+accumulator), which costs nothing on the per-iteration path.  This is POET's
+time-division between the two configurations that bracket the target (Imes,
+Kim, Maggio, Hoffmann: "POET: a portable approach to minimizing energy under
+soft real-time constraints", RTAS 2015).
+
+The learned model
+-----------------
+The power of each grid level, ``P[i]`` W, is learned online from the windowed
+power: each window's power ``y`` is attributed to the levels in force during
+that window, weighted by the time spent at each (``y = sum w[i] P[i]``), and a
+Kalman filter with a diagonal covariance updates the levels seen (POET tracks
+its workload's base power with a scalar Kalman filter the same way):
+
+- measurement noise: ``R = (noise * y)^2`` (``noise`` = 2%: a window's power
+  is known to about 2%);
+- process noise: each level's variance grows by ``(drift * P[i])^2`` per
+  window (``drift`` = 0.5%), so old evidence fades and the model follows a
+  workload that changes slowly;
+- robustness: a window whose power is off a confident prediction by more
+  than 2.5 standard deviations moves the model by 2.5 only (an outlier: a
+  preempted thread, a burst of another program);
+- a phase change: when two windows in a row differ from a confident
+  prediction the same way by more than ``phase`` (5%) and four standard
+  deviations, the workload changed: every level is scaled by the ratio seen
+  (POET's base-workload factor) and its variance reset, so the next windows
+  re-learn it quickly.
+
+A level never seen is interpolated between the nearest ones seen; above the
+highest one seen it is extrapolated up, conservatively (at least
+proportionally to the level's index + 1); below the lowest one seen, with a
+single level known, it is unknown, and the knob goes to the bottom to learn it.
+
+The controller, once a window (``dwell``, default the cap's window): learn
+from the window, then jump to the highest ``x`` whose predicted power is
+``cap * (1 - margin)`` (``margin`` = 1%), the prediction being linear between
+two grid levels, as a time-division is.  The model's error on the window is
+the correction: the next jump is made with the levels corrected.  After a
+move the knob waits ``window * 1.2`` before learning again, so that the window
+it learns from holds one mix only (and the plant's lag has settled).  A change
+of the cap re-plans at once, from the model.  So a change of cap settles in
+about one window, a change of workload in two or three.
+
+Unreachable and non-binding caps (after CoPPer: Reddy Basireddy et al.,
+ICAC 2019, who detect targets a controller cannot reach and back off rather
+than wind up): when the bottom level's learned power is over the cap, the
+knob sits at the bottom, warns once and records by how much (``unreachable_w``);
+when the top level's is under it, the knob sits at the top and ``bound``
+stays False.  The state is ``x`` in its range and the model: nothing winds up.
+
+A windowed power of NaN (a stale meter: no good sample for a while) is
+unknown: the knob goes to the bottom, warns once, and neither learns nor
+plans until the power returns.
+
+The grid policies
+-----------------
+Every grid policy moves down when the power is over the cap, up only when it
+is under ``cap * (1 - band)``, and holds in between (hysteresis), and waits
 ``dwell`` seconds (default: the cap's window) between moves so that each
 move's effect is seen before the next.  The paper's bare ramp is
 ``band=0, dwell=0``.
@@ -23,27 +96,29 @@ move down from the ceiling it goes back up to it only after a hold that
 triples each time the ceiling is confirmed (``dwell`` x 3, 9, 27 ... up to
 ``max_hold`` seconds).  Reversals thus fall off exponentially instead of
 chattering, and the knob still finds out when the workload gets lighter.
-(``backoff=False`` turns this off.)
+(``backoff=False`` turns this off.)  The grid policies learn the model too
+(for ``predict`` and a loop's ``demand_w``) but do not use it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from typing import Any
 
-__all__ = ["POLICIES", "Knob"]
+from nrgloops._checks import boolean, number
 
-POLICIES = ("step", "aimd", "pi")
+__all__ = ["GRID_POLICIES", "POLICIES", "Knob", "PowerModel"]
+
+POLICIES = ("mix", "step", "aimd", "pi")
+GRID_POLICIES = ("step", "aimd", "pi")
 BACKOFF_GROWTH = 3.0  # the hold below the ceiling: 3, 9, 27 ... dwells
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+LEARN_GUARD = 0.2  # after a move, learn from a window that starts 0.2 window later
+DEADBAND = 0.004  # mix: moves predicted to change the power by < 0.4% of the cap are not made
+FIRST_VARIANCE = 0.5  # a level seen for the first time: std 50% of the guess
+PHASE_SIGMAS = 4.0
+CLIP_SIGMAS = 2.5  # a confident model's error is clipped at 2.5 standard deviations
 
 
 def _finite(name: str, value: Any, what: str) -> float:
@@ -55,10 +130,132 @@ def _finite(name: str, value: Any, what: str) -> float:
     return float(value)
 
 
+class PowerModel:
+    """The power of each of ``n`` grid levels, W, learned from windowed powers.
+
+    A Kalman filter with a diagonal covariance (see the module's doc):
+    ``observe({index: share of the window's time}, watts)`` learns from one
+    window; ``table()`` gives the predicted power per level (NaN where the
+    model cannot tell: below the only level seen); ``predict(x)`` at a real
+    index, linear between grid levels.
+    """
+
+    def __init__(self, n: int, noise: float = 0.02, drift: float = 0.005, phase: float = 0.05):
+        self.n = n
+        self.noise, self.drift, self.phase = noise, drift, phase
+        self.p = [math.nan] * n  # W per level; NaN: never seen
+        self.v = [math.inf] * n  # variance, W^2
+        self.phases = 0  # phase changes detected
+        self.observations = 0
+        self._suspect = 0.0  # the last window's large relative error (a phase, or an outlier?)
+        self._table: list[float] | None = None
+
+    @property
+    def known(self) -> int:
+        """How many levels have been seen."""
+        return sum(1 for p in self.p if p == p)
+
+    def table(self) -> list[float]:
+        """Predicted power per grid level, W (NaN where unknown)."""
+        if self._table is None:
+            self._table = self._build()
+        return self._table
+
+    def _build(self) -> list[float]:
+        p, n = self.p, self.n
+        seen = [i for i in range(n) if p[i] == p[i]]
+        out = [math.nan] * n
+        if not seen:
+            return out
+        for i in seen:
+            out[i] = p[i]
+        for a, b in zip(seen, seen[1:], strict=False):  # between two seen: linear
+            for i in range(a + 1, b):
+                out[i] = p[a] + (p[b] - p[a]) * (i - a) / (b - a)
+        top = seen[-1]
+        slope = p[top] / (top + 1)  # up: at least proportional to index + 1
+        if len(seen) > 1:
+            slope = max(slope, (p[top] - p[seen[-2]]) / (top - seen[-2]))
+        for i in range(top + 1, n):
+            out[i] = p[top] + slope * (i - top)
+        low = seen[0]
+        if len(seen) > 1 and low > 0:  # down: the slope of the two lowest seen
+            s2 = (p[seen[1]] - p[low]) / (seen[1] - low)
+            for i in range(low):
+                out[i] = max(0.0, p[low] - s2 * (low - i))
+        return out
+
+    def predict(self, x: float) -> float:
+        """Predicted power at real index ``x`` (a time-division between the
+        grid levels around it), W; NaN where unknown."""
+        t = self.table()
+        i = max(0, min(self.n - 1, int(math.floor(x))))
+        f = x - i
+        if f <= 0.0 or i + 1 >= self.n:
+            return t[i]
+        return t[i] * (1.0 - f) + t[i + 1] * f
+
+    def observe(self, weights: dict[int, float], y: float, trust: float = 1.0) -> bool:
+        """Learn from one window of power ``y`` W, spent at the levels of
+        ``weights`` (index -> share, summing to 1); ``trust`` in (0, 1]
+        scales down a partial window's weight.  True if the window showed a
+        phase change (then every level was scaled)."""
+        if not weights or not math.isfinite(y) or y < 0 or not trust > 0:
+            return False
+        self.observations += 1
+        p, v = self.p, self.v
+        guess = self.table()
+        seen = all(p[i] == p[i] for i in weights)
+        if seen:  # a prediction known to better than half the phase threshold
+            sd = math.sqrt(sum(w * w * v[i] for i, w in weights.items()))
+            seen = sd < 0.5 * self.phase * sum(w * p[i] for i, w in weights.items())
+        first = [i for i in weights if p[i] != p[i]]
+        for i in first:  # first sight: start from the guess, very uncertain
+            g = guess[i] if guess[i] == guess[i] else y
+            p[i], v[i] = g, (FIRST_VARIANCE * max(g, y, 1e-9)) ** 2
+        for i in range(self.n):  # the process noise: old evidence fades
+            if p[i] == p[i]:
+                v[i] += (self.drift * p[i]) ** 2
+        pred = sum(w * p[i] for i, w in weights.items())
+        r = y - pred
+        s = sum(w * w * v[i] for i, w in weights.items()) + (self.noise * y) ** 2 / trust
+        self._table = None
+        sd = math.sqrt(s)
+        if seen and pred > 0 and abs(r) > self.phase * pred and abs(r) > PHASE_SIGMAS * sd:
+            rel = r / pred
+            if self._suspect * rel > 0:
+                # a second window off the same way: the workload changed
+                self._suspect = 0.0
+                self.phases += 1
+                for i in range(self.n):
+                    if p[i] == p[i]:
+                        p[i] *= y / pred
+                        v[i] = max(v[i], (self.phase * p[i]) ** 2)
+                return True
+            self._suspect = rel  # one window off: an outlier until confirmed
+        else:
+            self._suspect = 0.0
+        if seen:  # a robust update: one outlier moves a confident model little
+            r = max(-CLIP_SIGMAS * sd, min(CLIP_SIGMAS * sd, r))
+        for i, w in weights.items():
+            k = w * v[i] / s
+            p[i] = max(0.0, p[i] + k * r)
+            v[i] = max(v[i] * (1.0 - k * w), 1e-12)
+        for i in first:  # one window is not enough to be sure of a level
+            v[i] = max(v[i], (2.0 * self.noise * p[i]) ** 2)
+        return False
+
+    def forget(self) -> None:
+        """Drop everything learned."""
+        self.p = [math.nan] * self.n
+        self.v = [math.inf] * self.n
+        self._table = None
+
+
 class Knob:
     """A level in ``[lo, hi]`` on a grid of ``step``, moved to hold a power cap.
 
-    >>> threads = Knob(2, 16, 2)                 # the paper's thread ramp
+    >>> threads = Knob(2, 16, 2)                 # mixed levels, learned model
     >>> @nrg_adapt(PowerCap(45), knob=threads)
     ... def search(s): run(s, threads=threads.value)
 
@@ -68,20 +265,28 @@ class Knob:
             ``hi - lo`` is not a multiple of ``step`` the top level is under
             ``hi`` (``Knob(1, 16, 2)`` tops out at 15), with a warning;
             ``top`` is the top level and ``levels`` their number.
-        step: the grid and the size of one move (> 0).
+        step: the grid and the size of one grid move (> 0).
         start: the first level (default ``hi``: full speed until told otherwise).
-        policy: "step", "aimd" or "pi" (see the module's doc).
-        band: hysteresis band as a fraction of the cap, in [0, 1).
-        dwell: least seconds between two moves (>= 0); default the cap's window.
+        policy: "mix" (default), "step", "aimd" or "pi" (see the module's doc).
+        band: grid policies' hysteresis band as a fraction of the cap, in [0, 1).
+        dwell: least seconds between two control steps (>= 0); default the
+            cap's window.
         factor: aimd's multiplicative decrease, in (0, 1).
         kp, ki: pi's gains, in spans of the range per unit of relative power
             error (kp) and per unit of error-second (ki).
-        backoff: remember the lowest level seen over the cap (see the
-            module's doc); a bool.
+        backoff: grid policies remember the lowest level seen over the cap
+            (see the module's doc); a bool.
         max_hold: longest hold below the ceiling, s.
+        margin: mix aims at ``cap * (1 - margin)``, in [0, 0.5).
+        noise: the model's relative noise of one window's power, in (0, 1).
+        drift: the model's relative drift of a level's power per window, in [0, 1).
+        phase: the relative error of a confident prediction that counts as a
+            change of workload, in (0, 1).
 
-    ``value`` is an int when lo, hi and step are ints, else a float.
-    ``reversals`` counts changes of direction, ``moves`` all moves.
+    ``value`` is the grid level to use now (an int when lo, hi and step are
+    ints, else a float); ``level`` the real-valued level it averages to;
+    ``reversals`` counts changes of direction, ``moves`` all moves;
+    ``state()`` all of it as a dict; ``predict(level)`` the learned power.
     """
 
     def __init__(
@@ -90,7 +295,7 @@ class Knob:
         hi: float,
         step: float,
         start: float | None = None,
-        policy: str = "step",
+        policy: str = "mix",
         band: float = 0.05,
         dwell: float | None = None,
         *,
@@ -99,40 +304,39 @@ class Knob:
         ki: float = 1.0,
         backoff: bool = True,
         max_hold: float = 30.0,
+        margin: float = 0.01,
+        noise: float = 0.02,
+        drift: float = 0.005,
+        phase: float = 0.05,
     ) -> None:
-        lo_f, hi_f, step_f = _number("lo", lo), _number("hi", hi), _number("step", step)
+        lo_f, hi_f = number("lo", lo), number("hi", hi)
+        step_f = number("step", step)
         if lo_f > hi_f:
             raise ValueError(f"lo must be <= hi, got lo={lo!r} > hi={hi!r}")
         if step_f <= 0:
             raise ValueError(f"step must be > 0, got {step!r}")
         self._int = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, step))
-        if policy not in POLICIES:
+        if not isinstance(policy, str) or policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        band_f = _number("band", band)
-        if not 0.0 <= band_f < 1.0:
-            raise ValueError(f"band must be a fraction of the cap in [0, 1), got {band!r}")
+        band_f = number("band", band, "a fraction of the cap", lo=0.0, hi=1.0, hi_open=True)
         if dwell is not None:
-            dwell = _number("dwell", dwell)
-            if dwell < 0:
-                raise ValueError(f"dwell must be a number of seconds >= 0, got {dwell!r}")
-        factor_f = _number("factor", factor)
-        if not 0.0 < factor_f < 1.0:
-            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
-        kp_f, ki_f = _number("kp", kp), _number("ki", ki)
-        if kp_f < 0 or ki_f < 0:
-            raise ValueError(f"kp and ki must be >= 0, got kp={kp!r}, ki={ki!r}")
-        if not isinstance(backoff, bool):
-            raise TypeError(f"backoff must be True or False, not {type(backoff).__name__}")
-        max_hold_f = _number("max_hold", max_hold)
-        if max_hold_f <= 0:
-            raise ValueError(f"max_hold must be a number of seconds > 0, got {max_hold!r}")
+            dwell = number("dwell", dwell, "seconds", lo=0.0)
+        factor_f = number("factor", factor, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        kp_f, ki_f = number("kp", kp, lo=0.0), number("ki", ki, lo=0.0)
+        self.backoff = boolean("backoff", backoff)
+        max_hold_f = number("max_hold", max_hold, "seconds", lo=0.0, lo_open=True)
+        self.margin = number(
+            "margin", margin, "a fraction of the cap", lo=0.0, hi=0.5, hi_open=True
+        )
+        noise_f = number("noise", noise, "a fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        drift_f = number("drift", drift, "a fraction", lo=0.0, hi=1.0, hi_open=True)
+        phase_f = number("phase", phase, "a fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         self.lo, self.hi, self.step = lo_f, hi_f, step_f
         self.policy = policy
         self.band = band_f
         self.dwell = dwell
         self.factor = factor_f
         self.kp, self.ki = kp_f, ki_f
-        self.backoff = backoff
         self.max_hold = max_hold_f
         self._levels = int(math.floor((hi_f - lo_f) / step_f + 1e-9))  # top index
         if (hi_f - lo_f) / step_f - self._levels > 1e-6:  # hi is off the grid
@@ -145,9 +349,10 @@ class Knob:
                 f"step, so the top level is {self.top}, not {hi!r} ({n} level{plural}: {listed})",
                 stacklevel=2,
             )
-        first = hi_f if start is None else _number("start", start)
+        first = hi_f if start is None else number("start", start)
         if not lo_f <= first <= hi_f:
             raise ValueError(f"start must be in [lo, hi] = [{lo!r}, {hi!r}], got {start!r}")
+        self.model = PowerModel(self._levels + 1, noise_f, drift_f, phase_f)
         self._index = self._nearest(first)
         self.value: int | float = self._level(self._index)
         self.reversals = 0
@@ -159,6 +364,36 @@ class Knob:
         self._ceiling: int | None = None  # lowest index seen over the cap
         self._hold = 0.0  # seconds to stay below the ceiling
         self._below_since = -math.inf
+        # the mix: x, and the sigma-delta that spreads the time between the
+        # two grid levels around it
+        self._x = float(self._index)
+        self._err = 0.0
+        self._t_tick = math.nan
+        self._t_first = math.nan  # the first tick
+        self._t_learned = -math.inf  # the end of the last window learned from
+        self._switches: deque[tuple[float, int]] = deque()  # (from time, index in force)
+        self._cap = math.nan  # the cap at the last plan
+        self.unreachable_w: float | None = None  # largest shortfall seen, W
+        self.bound = False  # the cap made the knob leave the top at least once
+        self.stale = 0  # ticks with no power reading
+        self._warned: set[str] = set()
+        self._bottom_text = ""  # how warnings name the bottom (a loop's alternate)
+        self._window = 0.1  # the window of the powers seen, s (the loops pass theirs)
+
+    def _begin(self, now: float) -> None:
+        """A loop starts driving this knob at ``now``: what it learned stays,
+        the timing starts afresh."""
+        self._t_first = self._t_tick = now
+        self._switches.clear()
+        self._switches.append((now, self._index))
+        self._last_update = math.nan
+        self._last_move = -math.inf
+        self._t_learned = -math.inf
+        self._cap = math.nan
+        self._err = 0.0
+
+    def _bottom(self) -> str:
+        return self._bottom_text or f"the bottom level {self._level(0)}"
 
     # -- levels ------------------------------------------------------------
     def _nearest(self, v: float) -> int:
@@ -178,20 +413,69 @@ class Knob:
         """The top level: the last ``lo + k * step`` that is ``<= hi``."""
         return self._level(self._levels)
 
+    @property
+    def level(self) -> float:
+        """The real-valued level the knob averages to (mix), else ``value``."""
+        return self.lo + self._x * self.step
+
     def set(self, value: float) -> None:
         """Put the knob at the level nearest ``value`` (clamped to [lo, hi])."""
-        self._move_to(self._nearest(_number("value", value)), math.nan)
+        i = self._nearest(number("value", value))
+        self._move_to(i, math.nan)
+        self._x = float(i)
         self._integral = float(self._index)
 
+    def predict(self, level: float) -> float:
+        """The learned power at ``level`` (a real level: a mix of the two
+        grid levels around it), W; NaN until the model can tell."""
+        v = number("level", level)
+        x = max(0.0, min(float(self._levels), (v - self.lo) / self.step))
+        return self.model.predict(x)
+
+    def state(self) -> dict[str, Any]:
+        """What the knob is doing, as a dict (plain numbers: JSON-ready
+        once NaN are made null)."""
+        return {
+            "value": self.value,
+            "level": self.level,
+            "lo": self._level(0),
+            "hi": self.top,
+            "top": self.top,
+            "step": self.step,
+            "levels": self.levels,
+            "policy": self.policy,
+            "band": self.band,
+            "margin": self.margin,
+            "moves": self.moves,
+            "reversals": self.reversals,
+            "model_w": list(self.model.table()),
+            "phases": self.model.phases,
+            "demand_w": self.model.predict(float(self._levels)),
+            "unreachable_w": self.unreachable_w,
+            "bound": self.bound,
+            "stale_ticks": self.stale,
+        }
+
     # -- control -----------------------------------------------------------
-    def update(self, power: float, cap: float, now: float, dwell: float = 0.0) -> bool:
+    def update(
+        self,
+        power: float,
+        cap: float,
+        now: float,
+        dwell: float = 0.0,
+        window: float | None = None,
+    ) -> bool:
         """One control step with the windowed power (W) against the cap (W) at
         time ``now`` (monotonic s).  Returns True if the knob moved.
 
         ``dwell`` is used when the knob's own is None (the loops pass the
-        cap's window).  The loops call this; call it yourself to drive a knob
-        from your own measurements.  ``power`` must be finite and >= 0,
-        ``cap`` finite and > 0, ``now`` finite, ``dwell`` finite and >= 0.
+        cap's window).  ``window`` is the span the power averages over, s
+        (default: ``dwell``, or the time since the previous step).  Each call
+        also spreads a mix in time (the loops do that at each of their ticks);
+        call this yourself to drive a knob from your own measurements, as
+        often as you like: the control steps are a dwell apart.  ``power`` must
+        be finite and >= 0, ``cap`` finite and > 0, ``now`` finite,
+        ``dwell`` finite and >= 0, ``window`` None or finite and > 0.
         """
         power = _finite("power", power, "a finite number of watts >= 0")
         if power < 0:
@@ -203,10 +487,227 @@ class Knob:
         dwell = _finite("dwell", dwell, "a finite number of seconds >= 0")
         if dwell < 0:
             raise ValueError(f"dwell must be a finite number of seconds >= 0, got {dwell!r}")
-        return self._update(power, cap, now, dwell)
+        if window is not None:
+            window = number("window", window, "seconds", lo=0.0, lo_open=True)
+        if window is None:
+            window = dwell if dwell > 0 else now - self._last_update
+            window = window if window > 0 else 0.0
+        if window > 0:
+            self._window = window
+        if self._t_first != self._t_first:
+            # the first power seen was drawn at the level in force
+            self._t_first = self._t_tick = now - window
+            self._switches.append((self._t_first, self._index))
+        if self.policy != "mix":
+            return self._update(power, cap, now, dwell)
+        moves = self.moves
+        self._spread(now)
+        if cap != self._cap and self._cap == self._cap and self.model.known:
+            self._cap = cap
+            self._plan(cap, now)
+        else:
+            self._mix_update(power, cap, now, dwell, window)
+        return self.moves != moves
 
+    def _tick(self, power: float, cap: float, now: float, window: float) -> None:
+        """What a loop does at each tick: spread the mix, follow a new cap at
+        once, and take a control step once a dwell (no checks: the loops'
+        own numbers; ``power`` may be NaN, a stale meter)."""
+        if self._t_first != self._t_first:
+            self._t_first = now
+            self._t_tick = now
+            self._switches.append((now, self._index))
+        self._window = window
+        if power != power:
+            self._on_stale(now)
+            return
+        mix = self.policy == "mix"
+        if mix:
+            self._spread(now)
+        early = now - self._t_first < 0.5 * window  # the first windows hold few samples
+        if not mix:
+            if not early:
+                self._learn(power, now, window)
+                self._update(power, cap, now, window)
+            self._cap = cap
+            return
+        if cap != self._cap and self._cap == self._cap and self.model.known:
+            self._cap = cap
+            self._plan(cap, now)  # a new cap: re-plan from the model at once
+            return
+        if early:
+            if power > cap and not self.model.known:
+                # over from the start: learn from the partial window (as the
+                # noisy figure it is), then plan (the bottom, to learn it)
+                # rather than stay over
+                self._learn(power, now, window, least=0.0)
+                self._cap = cap
+                self._last_update = now
+                self._plan(cap, now)
+            return
+        self._mix_update(power, cap, now, window, window)
+
+    def _on_stale(self, now: float) -> None:
+        self.stale += 1
+        if "stale" not in self._warned:
+            self._warned.add("stale")
+            warnings.warn(
+                "the meter's windowed power is unknown (NaN: no good sample lately): "
+                f"running {self._bottom()} until it returns",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        if self.policy == "mix":
+            if self._x > 0:
+                self._set_x(0.0, now)
+            self._spread(now)
+        elif self._index > 0:
+            self._move_to(0, now)
+            self._integral = 0.0
+            self._switches.append((now, 0))
+
+    # -- the mix -----------------------------------------------------------
+    def _spread(self, now: float) -> None:
+        """Pick the grid level for the next tick: the time spent at the upper
+        of the two levels around x tracks x's fractional part."""
+        dt = now - self._t_tick
+        self._t_tick = now
+        if not dt > 0:  # (NaN on the first tick)
+            dt = 0.0
+        low = int(math.floor(self._x))
+        f = self._x - low
+        if f <= 1e-9 or low >= self._levels:
+            index, self._err = min(low, self._levels), 0.0
+        else:
+            upper = self._index == low + 1
+            if self._index == low or upper:
+                self._err += (f - (1.0 if upper else 0.0)) * dt
+            else:
+                self._err = 0.0
+            step = dt if dt > 0 else 1.0
+            # a long stay at one level (a slow iteration, a preempted thread)
+            # is made up for within a window, not for ever after
+            cap_err = self._window
+            self._err = max(-cap_err, min(cap_err, self._err))
+            index = low + 1 if self._err + f * step >= 0.5 * step else low
+        if index != self._index:
+            self._index = index
+            self.value = self._level(index)
+            self._switches.append((now, index))
+
+    def _weights(self, a: float, b: float) -> dict[int, float]:
+        """Share of [a, b] spent at each grid index."""
+        sw = self._switches
+        while len(sw) > 1 and sw[1][0] <= a - 1.0:  # keep a second more than asked
+            sw.popleft()
+        out: dict[int, float] = {}
+        span = b - a
+        if span <= 0:
+            return out
+        items = list(sw)
+        for k, (t, i) in enumerate(items):
+            t_end = items[k + 1][0] if k + 1 < len(items) else b
+            lo, hi = max(t, a), min(t_end, b)
+            if hi > lo:
+                out[i] = out.get(i, 0.0) + (hi - lo) / span
+        return out
+
+    def _learn(self, power: float, now: float, window: float, least: float = 0.5) -> bool:
+        """Learn from the window ending now if it holds no move (nor the
+        lag after one) and spans at least ``least`` of a window; True if it
+        showed a phase change."""
+        start = max(now - window, self._t_first)
+        span = now - start
+        if span <= 0 or span < least * window or start < self._last_move + LEARN_GUARD * window:
+            return False
+        if start < self._t_learned - 0.5 * window:
+            return False  # mostly the window learned from last time
+        w = self._weights(start, now)
+        total = sum(w.values())
+        if total < 0.9:
+            return False
+        self._t_learned = now
+        trust = min(1.0, span / window)  # a partial window averages fewer samples
+        return self.model.observe({i: s / total for i, s in w.items()}, power, trust)
+
+    def _mix_update(
+        self,
+        power: float,
+        cap: float,
+        now: float,
+        dwell: float,
+        window: float,
+    ) -> bool:
+        wait = self.dwell if self.dwell is not None else dwell
+        last = self._last_update
+        if last == last and now - last < wait:
+            return False
+        if now - self._last_move < wait + LEARN_GUARD * window and self.model.known:
+            return False  # the window still holds the previous mix
+        self._last_update = now
+        self._learn(power, now, window)
+        self._cap = cap
+        if not self.model.known:
+            return False
+        before = self._x
+        self._plan(cap, now)
+        return self._x != before
+
+    def _plan(self, cap: float, now: float) -> None:
+        """Jump to the highest x whose predicted power is cap * (1 - margin)."""
+        target = cap * (1.0 - self.margin)
+        t = self.model.table()
+        top = self._levels
+        x = 0.0
+        for i in range(top, -1, -1):
+            p = t[i]
+            if p != p:
+                break  # below the only level seen: go to the bottom and learn it
+            if p <= target:
+                if i == top:
+                    x = float(top)
+                else:
+                    nxt = t[i + 1]
+                    x = i + (min(1.0, (target - p) / (nxt - p)) if nxt > p else 0.0)
+                break
+        if x < top:
+            self.bound = True
+        bottom = self.model.p[0]
+        if x == 0.0 and bottom == bottom and bottom > cap:
+            short = bottom - cap
+            if self.unreachable_w is None or short > self.unreachable_w:
+                self.unreachable_w = short
+            if "unreachable" not in self._warned:
+                self._warned.add("unreachable")
+                warnings.warn(
+                    f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
+                    f"{bottom:.4g} W ({short:.3g} W over it); running it",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+        small = abs(self.model.predict(x) - self.model.predict(self._x)) < DEADBAND * cap
+        if small and x not in (0.0, float(top)):
+            return  # (noise: hold)
+        self._set_x(x, now)
+
+    def _set_x(self, x: float, now: float) -> None:
+        x = max(0.0, min(float(self._levels), x))
+        d = x - self._x
+        if d == 0:
+            return
+        direction = 1 if d > 0 else -1
+        if self._direction and direction != self._direction:
+            self.reversals += 1
+        self._direction = direction
+        self._x = x
+        self.moves += 1
+        self._last_move = now
+        self._err = 0.0
+        self._spread(now)  # the new mix from this tick on
+
+    # -- the grid policies -------------------------------------------------
     def _update(self, power: float, cap: float, now: float, dwell: float) -> bool:
-        """``update`` without the checks (the loops' ticks: their own numbers)."""
+        """A grid policy's step without the checks (the loops' ticks: their own numbers)."""
         wait = self.dwell if self.dwell is not None else dwell
         if now - self._last_move < wait:
             return False
@@ -214,6 +715,8 @@ class Knob:
         dt = now - last if last == last else wait  # NaN before the first update
         over = power > cap
         under = power < cap * (1.0 - self.band)
+        if over or self._index < self._levels:
+            self.bound = True
         i = self._index
         if self.policy == "step":
             target = i - 1 if over else i + 1 if under else i
@@ -241,10 +744,18 @@ class Knob:
         if self.policy == "pi":
             # anti-windup: the integral may not run away from what the knob can do
             self._integral = max(target - 0.49, min(target + 0.49, self._integral))
+        if over and i == 0:
+            self._note_unreachable(power, cap)
         if target == i:
             return False
         self._move_to(target, now)
+        self._switches.append((now, target))
         return True
+
+    def _note_unreachable(self, power: float, cap: float) -> None:
+        short = power - cap
+        if self.unreachable_w is None or short > self.unreachable_w:
+            self.unreachable_w = short
 
     def _pi(self, power: float, cap: float, dt: float, over: bool, under: bool) -> int:
         # Error relative to the middle of the band, as a fraction of the cap;
@@ -273,6 +784,7 @@ class Knob:
             self.reversals += 1
         self._direction = direction
         self._index = index
+        self._x = float(index)
         self.value = self._level(index)
         self.moves += 1
         if now == now:  # not NaN (a manual set())
@@ -280,7 +792,7 @@ class Knob:
 
     def __repr__(self) -> str:
         return (
-            f"Knob(value={self.value}, lo={self._level(0)}, hi={self.top}, "
-            f"step={self.step:g}, policy={self.policy!r}, band={self.band:g}, "
+            f"Knob(value={self.value}, level={self.level:.4g}, lo={self._level(0)}, "
+            f"hi={self.top}, step={self.step:g}, policy={self.policy!r}, band={self.band:g}, "
             f"reversals={self.reversals})"
         )

@@ -1,13 +1,25 @@
 """The NRG-loops: adapted (``nrg_adapt`` / ``nrg_alternate``), truncated and
 perforated loops.
 
-The per-iteration path counts the iteration, reads one double the sampler
-thread published (the windowed power) and compares it with the cap: no
-hardware read, no lock, no clock.  Everything else -- starting the sampler,
-moving a knob, the timeline, pulling the power series for the report --
-happens at *ticks*: every ``stride`` iterations, where the stride adapts so
-that ticks come about every ``TICK_S`` seconds (and at every iteration when
-iterations are slower than that).
+The per-iteration path counts the iteration and reads one flag the last
+tick set (run the full body or the alternate): no hardware read, no lock, no
+clock.  Everything else -- starting the sampler, reading the windowed power
+the sampler thread published, following a cap changed at run time, moving a
+knob and spreading its mix, the timeline, pulling the power series for the
+report -- happens at *ticks*: every ``stride`` iterations, where the stride
+adapts so that ticks come about every ``TICK_S`` seconds (and at every
+iteration when iterations are slower than that).
+
+An adapted function without a knob holds the cap by mixing its two bodies:
+the share of full-body iterations is a mixed level between the alternate
+(0) and the full body (1), controlled like a ``Knob(0, 1, 1)`` (policy
+"mix", see ``nrgloops.control``): a cap between the two bodies' powers is
+held on average, by time-division, without the overshoot of switching on
+each window.  With a knob and an alternate, the alternate runs while the
+knob is at its bottom level and the power is still over the cap.
+
+A windowed power of NaN (a stale meter) is unknown: the loop degrades (the
+knob's bottom level, the alternate; perforate skips) and warns once.
 
 Counts are plain ``+= 1`` on the loop object: exact under the GIL (no
 thread switch can fall between the read and the write of an int attribute),
@@ -82,7 +94,17 @@ class _Loop:
     kind = "adapt"
     # The hot path's attributes are slots: the fastest attribute access
     # whatever else lands in the instance's __dict__.
-    __slots__ = ("_n", "_m", "_next_tick", "_pub", "_slot", "_limit", "__dict__", "__weakref__")
+    __slots__ = (
+        "_n",
+        "_m",
+        "_next_tick",
+        "_pub",
+        "_slot",
+        "_limit",
+        "_full",
+        "__dict__",
+        "__weakref__",
+    )
 
     def __init__(
         self, constraint: PowerCap | EnergyBudget, knob: Knob | None, name: str = ""
@@ -96,6 +118,12 @@ class _Loop:
             raise TypeError(f"knob must be a nrgloops.Knob or None, not {type(knob).__name__}")
         self.knob = knob
         self.name = name
+        self._full = True  # the hot path: run the full body (set at ticks)
+        # without a knob, an adapted loop mixes its two bodies: a 2-level knob
+        self._share: Knob | None = None
+        if knob is None and self.kind == "adapt":
+            self._share = Knob(0, 1, 1)
+            self._share._bottom_text = "the alternate (degraded) body"
         self._lock = threading.RLock()
         self._sampler: Sampler | None = None
         self._pub: Any = _IDLE
@@ -144,6 +172,12 @@ class _Loop:
         self._install()
         self._first = self._last = self._row(sampler)
         self._t0 = self._tick_t = _now()
+        if isinstance(self._constraint, PowerCap):
+            self._limit = self._constraint.watts
+        self._full = True
+        for ctl in (self.knob, self._share):
+            if ctl is not None:
+                ctl._begin(self._t0)
         cap = self._limit if self._limit != math.inf else None
         self._rec = Recorder(sampler, self._window, self._domain, cap, self._t0)
         self._report = None
@@ -215,13 +249,20 @@ class _Loop:
         sampler = self._sampler
         if power == 0.0 and sampler is not None and sampler.samples < 2:
             return  # a fresh sampler publishes 0 W until its second row: not a power
-        knob = self.knob
-        if knob is not None and now - self._t0 >= 0.5 * self._window:
-            # (a fresh sampler's first windows average a few samples only;
-            # _update: these numbers are the sampler's, not the user's input)
-            knob._update(power, self._limit, now, self._window)
         rec = self._rec
         assert rec is not None
+        c = self._constraint
+        if isinstance(c, PowerCap) and c.watts != self._limit:
+            rec.pull(now)  # the time so far counts against the old cap
+            self._limit = rec.cap = c.watts
+        knob = self.knob
+        # (_tick: these numbers are the sampler's, not the user's input)
+        if knob is not None:
+            knob._tick(power, self._limit, now, self._window)
+            self._full = knob._index > 0 or power <= self._limit  # NaN: the alternate
+        elif self._share is not None:
+            self._share._tick(power, self._limit, now, self._window)
+            self._full = self._share._index == 1
         rec.mark(now, power, self._value(power))
         if now - rec.pulled >= rec.pull_every:
             rec.pull(now)
@@ -229,7 +270,17 @@ class _Loop:
     def _value(self, power: float) -> Value:
         if self.knob is not None:
             return self.knob.value
-        return "adapt" if power <= self._limit else "alternate"
+        return "adapt" if self._full else "alternate"
+
+    @property
+    def demand_w(self) -> float:
+        """The learned power at full speed, W: the knob's top level, or the
+        full body on every iteration; NaN until the loop has learned it."""
+        if self.knob is not None:
+            return self.knob.predict(self.knob.top)
+        if self._share is not None:
+            return self._share.predict(1)
+        return math.nan
 
     # -- report ----------------------------------------------------------
     def _row(self, sampler: Sampler) -> tuple[float, float]:
@@ -263,18 +314,8 @@ class _Loop:
             period = self._sampler.period if self._sampler is not None else math.nan
             note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
         knob = self.knob
-        knob_state = None
-        if knob is not None:
-            knob_state = {
-                "value": knob.value,
-                "lo": knob._level(0),
-                "hi": knob.top,
-                "step": knob.step,
-                "policy": knob.policy,
-                "band": knob.band,
-                "moves": knob.moves,
-                "reversals": knob.reversals,
-            }
+        knob_state = knob.state() if knob is not None else None
+        ctl = knob if knob is not None else self._share
         c = self._constraint
         return Report(
             kind=self.kind,
@@ -294,6 +335,8 @@ class _Loop:
             name=self.name,
             timeline=list(rec.points),
             note=note,
+            cap_unreachable_w=ctl.unreachable_w if ctl is not None else None,
+            cap_bound=ctl.bound if ctl is not None and isinstance(c, PowerCap) else None,
         )
 
     @property
@@ -359,12 +402,12 @@ class AdaptLoop(_Loop):
         self._n += 1
         if self._n >= self._next_tick:
             self._tick()
-        if self._pub[self._slot] <= self._limit:
+        if self._full:
             return True
         self._m += 1
         return False
 
-    under_cap = property(step, doc="One iteration: True while the windowed power is <= the cap.")
+    under_cap = property(step, doc="One iteration: True to run the full body.")
 
     def _first_call(self) -> None:
         raise NrgError("use `with nrg_adapt(cap) as loop:` before reading loop.under_cap")
@@ -411,7 +454,7 @@ class AdaptedFunction(_Loop, Generic[R]):
     def _install(self) -> None:
         # a new hot path with what it reads now (at the start and end of
         # each loop, and when an alternate is registered)
-        call = self._make(self._pub, self._slot, self._limit, self._body, self._else)
+        call = self._make(self._body, self._else)
         type(self).__call__ = call  # type: ignore[method-assign]
 
     def alternate(self, body: Callable[..., R]) -> Callable[..., R]:
@@ -434,7 +477,7 @@ class AdaptedFunction(_Loop, Generic[R]):
         self._n += 1
         if self._n >= self._next_tick:
             self._tick()
-        if self._pub[self._slot] <= self._limit:
+        if self._full:
             return self._body(*args, **kwargs)
         self._m += 1
         return self._else(*args, **kwargs)
@@ -473,11 +516,11 @@ class AdaptedFunction(_Loop, Generic[R]):
 
 
 # The hot path of an adapted function.  What does not change while a loop
-# runs (the published powers, the slot, the cap, the two bodies) sits in
-# closure cells, which Python reads faster than attributes (~40 ns a call);
-# the counters stay on the object, where the ticks update them.
+# runs (the two bodies) sits in closure cells, which Python reads faster than
+# attributes (~40 ns a call); the counters and the flag stay on the object,
+# where the ticks update them.
 _TEMPLATE = """\
-def _nrg_make(P{x}, S{x}, L{x}, B{x}, E{x}):
+def _nrg_make(B{x}, E{x}):
     def __call__({params}):
         {s}._n += 1
         if {s}._n >= {s}._next_tick:
@@ -488,12 +531,12 @@ def _nrg_make(P{x}, S{x}, L{x}, B{x}, E{x}):
 _BODY_ONLY = """\
         return B{x}({args})"""
 _BODY_OR_ALTERNATE = """\
-        if P{x}[S{x}] <= L{x}:
+        if {s}._full:
             return B{x}({args})
         {s}._m += 1
         return E{x}({args})"""
 
-_Factory = Callable[[Any, int, float, Callable[..., Any], Callable[..., Any]], Callable[..., Any]]
+_Factory = Callable[[Callable[..., Any], Callable[..., Any]], Callable[..., Any]]
 
 
 def _make_call(body: Callable[..., Any], with_alternate: bool) -> _Factory:
@@ -534,7 +577,7 @@ def _make_call(body: Callable[..., Any], with_alternate: bool) -> _Factory:
             params.append("/")
     names = set(sig.parameters) if sig is not None else {"args", "kwargs"}
     x = "_nrg"  # a suffix that no parameter's name collides with
-    while names & ({f"{v}{x}" for v in "PSLBE"} | {"_nrg_self" + x}):
+    while names & ({f"{v}{x}" for v in "BE"} | {"_nrg_self" + x}):
         x += "_"
     s = "_nrg_self" + x
     tail = (_BODY_OR_ALTERNATE if with_alternate else _BODY_ONLY).format(
@@ -653,6 +696,7 @@ class TruncatedLoop(_ItemsLoop[T]):
             for item in self._items:
                 if ran >= check:
                     e = energy(ptr, col)
+                    stop_at = self.budget.joules + e0  # (it may change at run time)
                     if e >= stop_at:
                         break
                     if ran >= self._next_tick:
@@ -694,7 +738,7 @@ class PerforatedLoop(_ItemsLoop[T]):
         self.rate = float(rate)
 
     def _value(self, power: float) -> Value:
-        return "skip" if power > self._limit else "run"
+        return "run" if power <= self._limit else "skip"
 
     def _run(self) -> Generator[T, None, None]:
         with self._lock:
@@ -707,8 +751,9 @@ class PerforatedLoop(_ItemsLoop[T]):
                 if i >= next_tick:
                     self._sync(i, ran, skipped)
                     next_tick = self._next_tick
+                    pub, limit = self._pub, self._limit  # (the cap may change at run time)
                 i += 1
-                if pub[slot] > limit:
+                if not pub[slot] <= limit:  # (NaN, a stale meter: skip too)
                     # an accumulator spreads the skips evenly: rate 0.25
                     # skips every 4th item, 0.5 every other one
                     acc += rate

@@ -102,6 +102,11 @@ class Report:
             level, "run"/"skip" (perforate) or the energy so far in J (truncate).
         name: the loop's name (the adapted function's qualified name).
         note: why figures are missing, or "".
+        cap_unreachable_w: how far the cap was under what the bottom level
+            (or the alternate) draws, W: the loop could not reach it and ran
+            at the bottom; None when every cap was reachable (or unknown).
+        cap_bound: False when the cap never bound (the loop ran at full
+            speed under it all along); None without a cap or a controller.
 
     energy_j, avg_power_w, peak_power_w (and over_cap_fraction under a cap)
     are NaN when fewer than two sampler rows fall inside the loop (see
@@ -125,6 +130,8 @@ class Report:
     name: str = ""
     timeline: list[Point] = field(default_factory=list)
     note: str = ""
+    cap_unreachable_w: float | None = None
+    cap_bound: bool | None = None
 
     @property
     def label(self) -> str:
@@ -219,6 +226,13 @@ class Report:
             ok = frac is not None and math.isfinite(frac)
             share = f"{100 * frac:.1f}% of the time" if ok else "n/a"  # type: ignore[operator]
             lines.append(f"  cap {self.cap_w:.4g} W: over it {share}")
+            if self.cap_unreachable_w is not None:
+                lines.append(
+                    f"  cap not reachable: the bottom level draws "
+                    f"{self.cap_unreachable_w:.3g} W more than the cap"
+                )
+            elif self.cap_bound is False:
+                lines.append("  the cap never bound: full speed all along")
         if self.budget_j is not None:
             used = "n/a" if missing else f"{100 * self.energy_j / self.budget_j:.1f}%"
             lines.append(f"  budget {self.budget_j:.4g} J: used {used}")

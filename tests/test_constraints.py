@@ -84,3 +84,32 @@ def test_the_same_kind_string_shares_one_meter() -> None:
     b = EnergyBudget(100, meter="model")
     assert a.meter is b.meter
     assert not a.meter.measured
+
+
+# -- run-time changes ---------------------------------------------------------------
+def test_watts_and_joules_change_at_run_time_and_are_checked(fake: FakeMeter) -> None:
+    cap = PowerCap(45, meter=fake)
+    cap.watts = 25
+    assert cap.watts == 25.0 and isinstance(cap.watts, float) and "25 W" in repr(cap)
+    budget = EnergyBudget(100, meter=fake)
+    budget.joules = 50
+    assert budget.joules == 50.0
+    for bad in BAD_AMOUNTS:
+        with pytest.raises(ValueError, match="watts must be a finite number of watts > 0"):
+            cap.watts = bad
+        with pytest.raises(ValueError, match="joules must be a finite number of joules > 0"):
+            budget.joules = bad
+    with pytest.raises(TypeError, match="watts must be a number of watts, not str"):
+        cap.watts = "30"  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="joules must be a number of joules, not NoneType"):
+        budget.joules = None  # type: ignore[assignment]
+    assert cap.watts == 25.0 and budget.joules == 50.0  # refused values change nothing
+
+
+@pytest.mark.parametrize("name", ["window", "meter", "domain"])
+def test_what_a_running_loop_reads_refuses_assignment(fake: FakeMeter, name: str) -> None:
+    for c in (PowerCap(45, meter=fake), EnergyBudget(100, meter=fake)):
+        before = getattr(c, name)
+        with pytest.raises(AttributeError, match=rf"{type(c).__name__}\.{name} cannot be changed"):
+            setattr(c, name, 1.0)
+        assert getattr(c, name) == before

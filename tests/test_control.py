@@ -7,7 +7,8 @@ from collections import deque
 
 import pytest
 
-from nrgloops.control import POLICIES, Knob
+from nrgloops.control import GRID_POLICIES, POLICIES, Knob
+from nrgloops.testing import FakeClock, Sample, SimulatedPlant
 
 
 def simulate(
@@ -51,7 +52,10 @@ def simulate(
         ({"lo": 0, "hi": 4, "step": 1, "band": -0.1}, r"band .* \[0, 1\)"),
         ({"lo": 0, "hi": 4, "step": 1, "dwell": -1}, "dwell must be"),
         ({"lo": 0, "hi": 4, "step": 1, "start": 9}, r"start must be in \[lo, hi\]"),
-        ({"lo": 0, "hi": 4, "step": 1, "factor": 1.0}, r"factor must be in \(0, 1\)"),
+        (
+            {"lo": 0, "hi": 4, "step": 1, "factor": 1.0},
+            r"factor must be a finite number in \(0, 1\)",
+        ),
         ({"lo": math.nan, "hi": 4, "step": 1}, "lo must be a finite number"),
         ({"lo": 0, "hi": math.inf, "step": 1}, "hi must be a finite number"),
     ],
@@ -136,7 +140,7 @@ def test_backoff_must_be_a_bool(backoff: object) -> None:
     ],
 )
 def test_update_checks_its_arguments(args: tuple[object, ...], error: type, match: str) -> None:
-    k = Knob(0, 4, 1, start=2, dwell=0)
+    k = Knob(0, 4, 1, start=2, dwell=0, policy="step")
     with pytest.raises(error, match=match):
         k.update(*args)  # type: ignore[arg-type]
     assert k.value == 2 and k.moves == 0  # a refused update moves nothing
@@ -144,7 +148,7 @@ def test_update_checks_its_arguments(args: tuple[object, ...], error: type, matc
 
 # -- one step of each policy ---------------------------------------------------
 def test_step_policy_moves_one_step_and_holds_in_the_band() -> None:
-    k = Knob(0, 10, 2, start=6, band=0.1, dwell=0.0)
+    k = Knob(0, 10, 2, start=6, band=0.1, dwell=0.0, policy="step")
     assert k.update(power=60, cap=50, now=0.0)  # over: down
     assert k.value == 4
     assert not k.update(power=47, cap=50, now=1.0)  # in [45, 50]: hold
@@ -155,7 +159,7 @@ def test_step_policy_moves_one_step_and_holds_in_the_band() -> None:
 
 
 def test_dwell_spaces_the_moves() -> None:
-    k = Knob(0, 10, 1, dwell=0.5)
+    k = Knob(0, 10, 1, dwell=0.5, policy="step")
     assert k.update(100, 50, now=0.0)
     assert not k.update(100, 50, now=0.2)  # too soon
     assert k.update(100, 50, now=0.6)
@@ -163,7 +167,7 @@ def test_dwell_spaces_the_moves() -> None:
 
 
 def test_dwell_defaults_to_the_one_the_loop_passes() -> None:
-    k = Knob(0, 10, 1)
+    k = Knob(0, 10, 1, policy="step")
     assert k.update(100, 50, now=0.0, dwell=0.3)
     assert not k.update(100, 50, now=0.2, dwell=0.3)
     assert k.update(100, 50, now=0.31, dwell=0.3)
@@ -197,7 +201,7 @@ def test_never_up_while_over_never_down_while_under() -> None:
 
 
 # -- closed loop on the simulated plant -------------------------------------------
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", GRID_POLICIES)
 def test_settles_under_the_cap_without_chatter(policy: str) -> None:
     # power = 10 + 5 * level; cap 48 W with a 5% band is [45.6, 48]: no level
     # lands in it (level 7 = 45 W under it, level 8 = 50 W over the cap).
@@ -211,7 +215,7 @@ def test_settles_under_the_cap_without_chatter(policy: str) -> None:
     assert knob.reversals <= 12, knob
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", GRID_POLICIES)
 def test_settles_in_the_band_and_stays(policy: str) -> None:
     # cap 52 W, band [49.4, 52]: level 8 = 50 W lies in it.
     knob = Knob(0, 16, 1, policy=policy)
@@ -221,30 +225,193 @@ def test_settles_in_the_band_and_stays(policy: str) -> None:
 
 
 def test_bare_ramp_chatters_where_the_band_and_dwell_do_not() -> None:
-    bare = Knob(0, 16, 1, band=0.0, dwell=0.0, backoff=False)
+    bare = Knob(0, 16, 1, policy="step", band=0.0, dwell=0.0, backoff=False)
     simulate(bare, cap=48.0, seconds=5.0)
-    settled = Knob(0, 16, 1)
+    settled = Knob(0, 16, 1, policy="step")
     simulate(settled, cap=48.0, seconds=5.0)
     assert bare.reversals > 5 * max(settled.reversals, 1)
 
 
-def test_finds_a_higher_level_when_the_workload_gets_lighter() -> None:
-    knob = Knob(0, 16, 1)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_finds_a_higher_level_when_the_workload_gets_lighter(policy: str) -> None:
+    knob = Knob(0, 16, 1, policy=policy)
     heavy = {"on": True}
 
     def watts(v: float) -> float:
         return (10.0 + 5.0 * v) if heavy["on"] else (5.0 + 2.0 * v)
 
     simulate(knob, cap=48.0, watts=watts, seconds=10.0)
-    assert knob.value <= 7
+    assert knob.level < 8
     heavy["on"] = False  # now level 16 is 37 W: every level fits
     simulate(knob, cap=48.0, watts=watts, seconds=40.0, t0=10.0)
     assert knob.value == 16
 
 
 def test_backoff_hold_is_bounded_by_max_hold() -> None:
-    knob = Knob(0, 16, 1, max_hold=0.5)
+    knob = Knob(0, 16, 1, policy="step", max_hold=0.5)
     simulate(knob, cap=48.0, seconds=20.0)
     # with a short hold the probes keep coming, but never while over
     assert knob.reversals > 12
     assert knob._hold <= 0.5
+
+
+# -- the mixed level, on a simulated plant in simulated time ------------------------
+def drive(knob: Knob, power: object, cap: object, seconds: float, **plant: object) -> list[Sample]:
+    stale = plant.pop("stale", ())
+    p = SimulatedPlant(power, clock=FakeClock(), **plant)  # type: ignore[arg-type]
+    return p.drive(knob, cap, seconds, stale=stale)  # type: ignore[arg-type]
+
+
+def mean_power(trace: list[Sample], after: float, before: float = math.inf) -> float:
+    """Average power between two times of a trace, W (from its energy)."""
+    pts = [s for s in trace if after <= s.t <= before]
+    return (pts[-1].energy_j - pts[0].energy_j) / (pts[-1].t - pts[0].t)
+
+
+THREADS = [13.0, 20.0]  # the issue's example: 1 thread 13 W, 2 threads 20 W
+
+
+@pytest.mark.parametrize("cap", [15.0, 18.0])
+def test_mix_holds_a_cap_between_two_levels(cap: float) -> None:
+    knob = Knob(1, 2, 1)
+    assert knob.policy == "mix"  # the default
+    trace = drive(knob, THREADS, cap, 6.0, lo=1)
+    got = mean_power(trace, after=1.0)
+    assert cap * 0.98 <= got <= cap  # the step policy sits at 13 W
+    assert knob.level == pytest.approx(1 + (cap * 0.99 - 13.0) / 7.0, abs=0.03)
+    assert knob.predict(1) == pytest.approx(13.0, rel=0.01)
+    assert knob.predict(2) == pytest.approx(20.0, rel=0.01)
+    assert knob.reversals <= 3
+
+
+def test_the_step_policy_leaves_the_cap_unused_where_mix_does_not() -> None:
+    step, mix = Knob(1, 2, 1, policy="step"), Knob(1, 2, 1)
+    got = {k.policy: mean_power(drive(k, THREADS, 18.0, 6.0, lo=1), after=1.0) for k in (step, mix)}
+    assert got["step"] == pytest.approx(13.0, rel=0.03)  # (and its probes of 20 W)
+    assert got["mix"] > 17.6
+
+
+def test_mix_spreads_the_two_levels_evenly_in_time() -> None:
+    knob = Knob(1, 2, 1)
+    plant = SimulatedPlant(THREADS, lo=1, clock=FakeClock())
+    trace = plant.drive(knob, 16.5, 4.0, record_s=0.001)  # a sample per iteration
+    late = [s.value for s in trace if s.t > 2.0]
+    ups = [i for i, v in enumerate(late) if v == 2]
+    assert len(ups) / len(late) == pytest.approx(knob.level - 1, abs=0.01)
+    # 2 ms ticks: the upper level for 2 or 4 ms at a time, never longer
+    assert max(b - a for a, b in zip(ups, ups[1:], strict=False)) <= 5
+
+
+def test_mix_follows_a_cap_change_within_a_few_windows() -> None:
+    knob = Knob(2, 16, 2)
+    trace = drive(knob, lambda t: 8.0 + 3.0 * t, lambda s: 41.0 if s < 3.0 else 25.0, 6.0)
+    assert mean_power(trace, 1.0, 3.0) == pytest.approx(41.0 * 0.99, rel=0.01)
+    assert mean_power(trace, 3.3, 6.0) == pytest.approx(25.0 * 0.99, rel=0.01)
+
+
+def test_mix_follows_a_phase_change() -> None:
+    knob = Knob(2, 16, 2)
+    trace = drive(knob, lambda t: 8.0 + 3.0 * t, 41.0, 8.0, phases=[(4.0, 1.3)], noise=0.02)
+    assert mean_power(trace, 1.0, 4.0) == pytest.approx(41.0 * 0.99, rel=0.015)
+    assert mean_power(trace, 4.5, 8.0) == pytest.approx(41.0 * 0.99, rel=0.015)
+    assert knob.model.phases >= 1
+    assert knob.predict(16) == pytest.approx(1.3 * 56.0, rel=0.05)
+
+
+def test_an_unreachable_cap_runs_the_bottom_warns_once_and_says_by_how_much() -> None:
+    knob = Knob(1, 2, 1)
+    with pytest.warns(RuntimeWarning, match="cap 10 W is not reachable") as caught:
+        trace = drive(knob, THREADS, 10.0, 3.0, lo=1)
+    assert len([w for w in caught if "not reachable" in str(w.message)]) == 1
+    assert knob.level == 1.0 and mean_power(trace, after=1.0) == pytest.approx(13.0)
+    assert knob.unreachable_w == pytest.approx(3.0, rel=0.01)
+    assert knob.state()["unreachable_w"] == knob.unreachable_w
+    # no windup: a reachable cap later is held at once
+    trace = drive(knob, THREADS, 18.0, 2.0, lo=1)
+    assert mean_power(trace, after=0.5) == pytest.approx(18.0 * 0.99, rel=0.01)
+
+
+def test_a_cap_over_the_top_never_binds() -> None:
+    for policy in POLICIES:
+        knob = Knob(1, 2, 1, policy=policy)
+        drive(knob, THREADS, 30.0, 2.0, lo=1)
+        assert knob.value == 2 and knob.level == 2 and knob.moves == 0
+        assert knob.bound is False and knob.unreachable_w is None
+
+
+def test_state_and_predict() -> None:
+    knob = Knob(2, 16, 2)
+    assert math.isnan(knob.predict(16)) and math.isnan(knob.state()["demand_w"])
+    drive(knob, lambda t: 8.0 + 3.0 * t, 41.0, 3.0)
+    st = knob.state()
+    for key in ("value", "level", "lo", "hi", "top", "step", "policy", "moves", "reversals"):
+        assert key in st
+    assert st["policy"] == "mix" and st["lo"] == 2 and st["top"] == 16
+    assert st["level"] == knob.level and 10.0 < knob.level < 12.0
+    assert st["demand_w"] == pytest.approx(56.0, rel=0.01) == knob.predict(16)
+    assert knob.predict(9) == pytest.approx(35.0, rel=0.02)  # between two grid levels
+    assert len(st["model_w"]) == knob.levels
+    with pytest.raises(TypeError, match="level must be a number"):
+        knob.predict("16")  # type: ignore[arg-type]
+
+
+def test_a_stale_power_sends_the_knob_to_the_bottom_and_warns_once() -> None:
+    for policy in POLICIES:
+        knob = Knob(2, 16, 2, policy=policy)
+        with pytest.warns(RuntimeWarning, match="windowed power is unknown") as caught:
+            trace = drive(knob, lambda t: 8.0 + 3.0 * t, 41.0, 4.0, stale=[(2.0, 2.5)])
+        assert len([w for w in caught if "unknown" in str(w.message)]) == 1
+        during = [s for s in trace if 2.05 < s.t < 2.5]
+        assert all(s.value == 2 for s in during), policy
+        assert knob.stale > 0
+        assert all(math.isfinite(p) for p in knob.model.p if p == p)
+        assert all(math.isfinite(v) for v in knob.model.v if v != math.inf)
+        if policy == "mix":  # and it resumes where it was
+            assert mean_power(trace, 3.0) == pytest.approx(41.0 * 0.99, rel=0.01)
+        else:
+            assert math.isfinite(knob._integral)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"margin": 0.5}, r"margin must be .* in \[0, 0.5\)"),
+        ({"margin": -0.1}, "margin must be"),
+        ({"noise": 0.0}, r"noise must be .* in \(0, 1\)"),
+        ({"drift": 1.0}, r"drift must be .* in \[0, 1\)"),
+        ({"phase": 0.0}, r"phase must be .* in \(0, 1\)"),
+        ({"phase": math.nan}, "phase must be"),
+    ],
+)
+def test_bad_model_arguments(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Knob(0, 4, 1, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be"):
+        Knob(0, 4, 1, **{next(iter(kwargs)): "x"})  # type: ignore[arg-type]
+
+
+def test_policy_must_be_a_string_of_the_list() -> None:
+    for bad in ("magic", None, 3):
+        with pytest.raises(ValueError, match="policy must be one of mix, step, aimd, pi"):
+            Knob(0, 4, 1, policy=bad)  # type: ignore[arg-type]
+
+
+def test_update_window_is_checked() -> None:
+    k = Knob(0, 4, 1)
+    with pytest.raises(ValueError, match="window must be a finite number of seconds > 0"):
+        k.update(10.0, 20.0, 0.0, window=0.0)
+    with pytest.raises(TypeError, match="window must be a number of seconds"):
+        k.update(10.0, 20.0, 0.0, window="0.1")  # type: ignore[arg-type]
+
+
+def test_update_drives_a_mix_from_your_own_measurements() -> None:
+    knob = Knob(1, 2, 1, dwell=0.1)
+    watts = {1: 13.0, 2: 20.0}
+    shares = []
+    t = 0.0
+    for _ in range(3000):  # your loop: 1 ms per iteration, the power of the level
+        t += 0.001
+        knob.update(watts[int(knob.value)], 16.5, t, window=0.001)
+        shares.append(knob.value == 2)
+    assert 1.3 < knob.level < 1.6
+    assert sum(shares[-1000:]) / 1000 == pytest.approx(knob.level - 1, abs=0.05)

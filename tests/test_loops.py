@@ -14,11 +14,11 @@ import pytest
 from nrgloops import sampler as sampler_mod
 from nrgloops._errors import NrgError
 from nrgloops.constraints import EnergyBudget, PowerCap
-from nrgloops.control import POLICIES, Knob
+from nrgloops.control import GRID_POLICIES, Knob
 from nrgloops.loops import AdaptedFunction, nrg_adapt, nrg_alternate, perforate, truncate
 from nrgloops.meters.model import open_model
 from nrgloops.report import MIN_PULL_S, SHORT_LOOP_NOTE, Report, ring_history
-from nrgloops.testing import FakeMeter
+from nrgloops.testing import FakeMeter, SimulatedPlant
 
 
 def spin(seconds: float) -> None:
@@ -30,6 +30,13 @@ def spin(seconds: float) -> None:
 @pytest.fixture
 def fake() -> FakeMeter:
     return FakeMeter(40.0)
+
+
+def late_mean(report: Report, after: float) -> float:
+    """Mean of the timeline's windowed powers after ``after`` s, W."""
+    late = [p for t, p, _ in report.timeline if t > after]
+    assert len(late) > 5, report.timeline
+    return sum(late) / len(late)
 
 
 # -- adapted loops: the closed loop ------------------------------------------------
@@ -50,16 +57,23 @@ def test_decorator_holds_the_cap_between_the_two_variants(fake: FakeMeter) -> No
 
     assert degraded(3) == -3  # nrg_alternate returns the function unchanged
     with full:
-        end = time.monotonic() + 1.2
+        end = time.monotonic() + 1.5
         while time.monotonic() < end:
             full(1)
     r = full.report
     assert not r.running
-    assert r.avg_power_w == pytest.approx(50.0, rel=0.04)
+    # the share of full-body calls is mixed: after the start (a window over,
+    # one at the alternate to learn it) the power holds the cap less 1%
+    # (a loaded CI machine preempts the loop while the FakeMeter keeps
+    # integrating: its windows are a few % noisy; the precise figures are
+    # the simulated-time tests' and benchmarks/control.py's)
+    assert late_mean(r, after=0.5) == pytest.approx(49.5, rel=0.08)
+    assert full._share is not None and full._share.level == pytest.approx(0.49, abs=0.06)
+    assert full.demand_w == pytest.approx(80.0, rel=0.1)
     assert (r.iterations["adapt"] or 0) > 100 and (r.iterations["alternate"] or 0) > 100
-    assert 0.2 < (r.over_cap_fraction or 0) < 0.8
+    assert (r.over_cap_fraction or 0) < 0.8
     assert r.peak_power_w >= 50.0
-    assert r.duration_s == pytest.approx(1.2, abs=0.1)
+    assert r.duration_s == pytest.approx(1.5, abs=0.1)
     assert r.energy_j == pytest.approx(r.avg_power_w * r.duration_s, rel=0.01)
     assert {v for _, _, v in r.timeline} == {"adapt", "alternate"}
 
@@ -67,12 +81,13 @@ def test_decorator_holds_the_cap_between_the_two_variants(fake: FakeMeter) -> No
 def test_context_manager_holds_the_cap(fake: FakeMeter) -> None:
     cap = PowerCap(50, meter=fake)
     with nrg_adapt(cap) as loop:
-        end = time.monotonic() + 1.0
+        end = time.monotonic() + 1.5
         while time.monotonic() < end:
             fake.watts = 80.0 if loop.under_cap else 20.0
             spin(0.0002)
     r = loop.report
-    assert r.avg_power_w == pytest.approx(50.0, rel=0.04)
+    assert late_mean(r, after=0.5) == pytest.approx(49.5, rel=0.08)  # (see above)
+    assert loop._share is not None and loop._share.level == pytest.approx(0.49, abs=0.06)
     assert min(v or 0 for v in r.iterations.values()) > 100
     assert not loop.running
 
@@ -286,8 +301,10 @@ def share_at_or_below(report: Report, level: int, after: float) -> float:
     return at / (pts[-1][0] - pts[0][0])
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_each_policy_settles_under_the_cap_without_chatter(fake: FakeMeter, policy: str) -> None:
+@pytest.mark.parametrize("policy", GRID_POLICIES)
+def test_each_grid_policy_settles_under_the_cap_without_chatter(
+    fake: FakeMeter, policy: str
+) -> None:
     # no level lands in the band [45.6, 48] W: 7 -> 45 W, 8 -> 50 W
     knob = Knob(0, 16, 1, policy=policy)
     report = run_knob(fake, knob, 48.0, seconds=1.5, window=0.05)
@@ -298,7 +315,7 @@ def test_each_policy_settles_under_the_cap_without_chatter(fake: FakeMeter, poli
 
 
 def test_bare_ramp_chatters(fake: FakeMeter) -> None:
-    bare = Knob(0, 16, 1, band=0.0, dwell=0.0, backoff=False)
+    bare = Knob(0, 16, 1, policy="step", band=0.0, dwell=0.0, backoff=False)
     run_knob(fake, bare, 48.0, seconds=0.6, window=0.05)
     assert bare.reversals > 8
 
@@ -620,3 +637,134 @@ def test_a_longer_window_gets_a_ring_that_holds_it(fake: FakeMeter) -> None:
         time.sleep(0.01)
         assert loop._sampler is not None and loop._sampler.history >= 12.0
     assert loop.report.avg_power_w == pytest.approx(40.0, rel=0.05)
+
+
+# -- run-time caps, unreachable caps, stale power (real time, SimulatedPlant) ------------
+def plant_loop(
+    plant: SimulatedPlant, cap: PowerCap, knob: Knob, seconds: float, at: float = math.inf
+) -> Report:
+    """Run the plant under ``nrg_adapt(cap, knob=knob)``; lower the cap to 25 W at ``at`` s."""
+    with nrg_adapt(cap, knob=knob) as loop:
+        t0 = time.monotonic()
+        while (t := time.monotonic() - t0) < seconds:
+            if t >= at:
+                cap.watts = 25.0  # an operator lowers the cap
+                at = math.inf
+            loop.step()
+            plant.iterate(knob.value)
+    return loop.report
+
+
+def test_a_running_loop_follows_a_cap_changed_at_run_time() -> None:
+    plant = SimulatedPlant(lambda threads: 8.0 + 3.0 * threads, iteration_s=0.001)
+    cap = PowerCap(41, window=0.1, meter=plant.meter)
+    knob = Knob(2, 16, 2)
+    r = plant_loop(plant, cap, knob, seconds=2.0, at=1.0)
+    before = [p for t, p, _ in r.timeline if 0.5 < t < 1.0]
+    after = [p for t, p, _ in r.timeline if t > 1.4]
+    assert sum(before) / len(before) == pytest.approx(41.0 * 0.99, rel=0.06)
+    assert sum(after) / len(after) == pytest.approx(25.0 * 0.99, rel=0.06)
+    assert max(after) < 25.0 * 1.1  # not 38 W over a 25 W cap
+    assert r.cap_w == 25.0 and 5.0 < knob.level < 7.0
+    assert r.cap_bound is True and r.cap_unreachable_w is None
+
+
+def test_an_unreachable_cap_is_reported_with_its_shortfall() -> None:
+    plant = SimulatedPlant([13.0, 20.0], lo=1, iteration_s=0.001)
+    knob = Knob(1, 2, 1)
+    with pytest.warns(RuntimeWarning, match="cap 10 W is not reachable"):
+        r = plant_loop(plant, PowerCap(10, window=0.05, meter=plant.meter), knob, seconds=0.6)
+    assert knob.value == 1
+    assert r.cap_unreachable_w == pytest.approx(3.0, rel=0.1)
+    assert "not reachable" in str(r) and r.knob is not None
+    assert Report.from_json(r.to_json()).cap_unreachable_w == r.cap_unreachable_w
+
+
+def test_a_cap_over_the_top_is_reported_as_never_binding() -> None:
+    plant = SimulatedPlant([13.0, 20.0], lo=1, iteration_s=0.001)
+    knob = Knob(1, 2, 1)
+    r = plant_loop(plant, PowerCap(30, window=0.05, meter=plant.meter), knob, seconds=0.4)
+    assert knob.value == 2 and r.cap_bound is False
+    assert "never bound" in str(r)
+
+
+def test_demand_w_is_the_learned_power_at_full_speed(fake: FakeMeter) -> None:
+    plant = SimulatedPlant(lambda threads: 8.0 + 3.0 * threads, iteration_s=0.001)
+    knob = Knob(2, 16, 2)
+    with nrg_adapt(PowerCap(41, window=0.05, meter=plant.meter), knob=knob) as loop:
+        assert math.isnan(loop.demand_w)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:
+            loop.step()
+            plant.iterate(knob.value)
+        assert loop.demand_w == pytest.approx(56.0, rel=0.1)
+    both = nrg_adapt(PowerCap(50, meter=fake))
+    assert math.isnan(both.demand_w)
+
+
+def stale(loop: Any) -> None:
+    """What the sampler publishes when no good sample came lately: NaN."""
+    loop._pub = memoryview(bytearray(8 * 64)).cast("d")
+    for i in range(64):
+        loop._pub[i] = math.nan
+
+
+def test_a_stale_power_degrades_an_adapted_function_and_warns_once(fake: FakeMeter) -> None:
+    fake.watts = 10.0
+    f = nrg_adapt(PowerCap(50, window=0.02, meter=fake))(lambda: "full")
+    f.alternate(lambda: "alt")
+    with f:
+        time.sleep(0.03)
+        assert f() == "full"
+        stale(f)
+        with pytest.warns(RuntimeWarning, match="windowed power is unknown") as caught:
+            got = [f() for _ in range(2000)]
+        assert got[-1000:] == ["alt"] * 1000
+        assert len([w for w in caught if "unknown" in str(w.message)]) == 1
+        share = f._share
+        assert share is not None and all(math.isfinite(p) for p in share.model.p if p == p)
+
+
+def test_a_stale_power_sends_a_knob_to_its_bottom(fake: FakeMeter) -> None:
+    fake.watts = 10.0
+    knob = Knob(1, 4, 1)
+    with nrg_adapt(PowerCap(50, window=0.02, meter=fake), knob=knob) as loop:
+        time.sleep(0.03)
+        loop.step()
+        assert knob.value == 4
+        stale(loop)
+        with pytest.warns(RuntimeWarning, match="bottom level 1"):
+            for _ in range(100):
+                loop.step()
+        assert knob.value == 1 and not loop.step()  # the alternate, if any
+
+
+def test_perforate_skips_while_the_power_is_stale(fake: FakeMeter) -> None:
+    fake.watts = 10.0
+    loop = perforate(range(400), PowerCap(50, window=0.02, meter=fake), rate=0.5)
+    seen = []
+    for i in loop:
+        seen.append(i)
+        if i == 100:
+            stale(loop)
+        spin(0.0001)
+    missing = sorted(set(range(400)) - set(seen))
+    # from the tick after (a few items later) every other item is skipped
+    assert missing[0] > 100 and 120 < len(missing) <= 150
+
+
+def test_perforate_and_truncate_follow_run_time_changes(fake: FakeMeter) -> None:
+    fake.watts = 10.0
+    cap = PowerCap(50, window=0.01, meter=fake)
+    loop = perforate(range(600), cap, rate=0.5)
+    for i in loop:
+        if i == 100:
+            cap.watts = 5.0  # now over the cap
+        spin(0.0002)
+    assert 0 < loop.report.iterations["skipped"] <= 250  # type: ignore[operator]
+    budget = EnergyBudget(1e6, meter=fake)
+    t = truncate(range(10**6), budget)
+    for i in t:
+        if i == 10:
+            budget.joules = 1e-9  # spent already
+    assert t.report.iterations["ran"] < 10**6 and t.report.budget_j == 1e-9
