@@ -61,10 +61,10 @@ def test_example_runs_on_the_cpu_and_says_it_estimates() -> None:
 
 
 def test_benchmark_dry_run_holds_the_cap_and_writes_its_files(tmp_path: Path) -> None:
-    # Long enough for the share knob to settle (about 2.5 s on the simulated
-    # GPU): every check must pass, so the run exits 0.
+    # Long enough for the loop's mix to settle (3-4 s on the simulated GPU):
+    # every check must pass, so the run exits 0.
     _needs_gcc()
-    args = ["--out", str(tmp_path), "--seconds", "6", "--settle", "3", "--caps", "300"]
+    args = ["--out", str(tmp_path), "--seconds", "8", "--settle", "4", "--caps", "300"]
     done = _run(DRY_RUN + args)
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
