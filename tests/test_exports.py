@@ -43,7 +43,7 @@ FROZEN: dict[str, list[str]] = {
         "truncate",
     ],
     "nrgloops.meters": ["KINDS", "Meter", "Reading", "open_meter"],
-    "nrgloops.testing": ["FakeMeter"],
+    "nrgloops.testing": ["FakeClock", "FakeMeter", "Sample", "SimulatedPlant"],
     "nrgloops.bench": ["EXTRA_MISSING", "Searcher", "check_extra", "make_corpus", "make_patterns"],
     "nrgloops.governors": [
         "GOVERNORS",
