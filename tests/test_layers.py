@@ -19,7 +19,9 @@ LAYERS: list[list[str]] = [
     ["nrgloops.sampler"],
     ["nrgloops.constraints", "nrgloops.control", "nrgloops.report"],
     ["nrgloops.loops"],
-    ["nrgloops.testing", "nrgloops.measure", "nrgloops.cluster", "nrgloops.governors*"],
+    # test helpers (nrgloops._fakes: the kernel-format trees of tests and benchmarks)
+    ["nrgloops.testing", "nrgloops._fakes*", "nrgloops.measure", "nrgloops.cluster"]
+    + ["nrgloops.governors*"],
     ["nrgloops.export"],
     ["nrgloops"],  # the public namespace: re-exports
     ["nrgloops.bench*"],
