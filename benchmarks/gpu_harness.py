@@ -531,7 +531,7 @@ def _loop_report(rep: Report) -> dict[str, Any]:
 
 
 def _serve(
-    engine: Device, cap: PowerCap, knob: Knob | None, mode: str, **stream: Any
+    engine: Device, cap: PowerCap, knob: Knob[int] | None, mode: str, **stream: Any
 ) -> StreamResult:
     """The full model as an adapted function, the early exit as its alternate."""
 

@@ -94,7 +94,7 @@ def serve_stream(
     return counts
 
 
-def under_cap(model: Model, cap: nrgloops.PowerCap) -> nrgloops.AdaptedFunction[bool]:
+def under_cap(model: Model, cap: nrgloops.PowerCap) -> nrgloops.AdaptedFunction[[], bool]:
     """The NRG-loop: the full model under the cap, the early exit as its
     alternate; the library mixes the two, batch by batch, to hold the cap."""
 
