@@ -45,7 +45,7 @@ from nrgloops._ffi import ffi, lib
 from nrgloops.carbon import J_PER_KWH, CarbonBudget
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
-from nrgloops.report import SHORT_LOOP_NOTE, Recorder, Report, Value, ring_history
+from nrgloops.report import Recorder, Report, Value, ring_history
 from nrgloops.sampler import Sampler
 
 __all__ = [
@@ -318,46 +318,22 @@ class _Loop:
     def _build(self, running: bool) -> Report:
         rec = self._rec
         assert rec is not None
-        duration = max(self._t_end - self._t0, 0.0)
-        # Energy between the sampler's first and last rows of the loop, and
-        # the average power over exactly that span (not over the wall-clock
-        # duration, which the rows miss by up to a sampler period at each end).
-        span = self._last[0] - self._first[0]
-        note = ""
-        over = rec.over_fraction()
-        if span > 0:
-            energy = self._last[1] - self._first[1]
-            avg = energy / span
-            peak = rec.peak if rec.peak > -math.inf else avg
-        else:
-            # one row: nothing measured the loop (the published power is
-            # still 0 W before a fresh sampler's second row)
-            energy = avg = peak = math.nan
-            over = None if over is None else math.nan
-            period = self._sampler.period if self._sampler is not None else math.nan
-            note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
         knob = self.knob
-        knob_state = knob.state() if knob is not None else None
         ctl = knob if knob is not None else self._share
         c = self._constraint
-        return Report(
+        return rec.report(
+            self._first,
+            self._last,
+            meter=self._meter,
+            period=self._sampler.period if self._sampler is not None else math.nan,
             kind=self.kind,
             iterations=self._iterations(),
-            duration_s=duration,
-            energy_j=energy,
-            avg_power_w=avg,
-            peak_power_w=peak,
-            over_cap_fraction=over,
-            measured=self._meter.measured,
-            meter=self._meter.kind,
-            window_s=self._window,
+            duration_s=max(self._t_end - self._t0, 0.0),
             cap_w=c.watts if isinstance(c, PowerCap) else None,
             budget_j=c.joules if isinstance(c, EnergyBudget) else None,
-            knob=knob_state,
+            knob=knob.state() if knob is not None else None,
             running=running,
             name=self.name,
-            timeline=list(rec.points),
-            note=note,
             cap_unreachable_w=ctl.unreachable_w if ctl is not None else None,
             cap_bound=ctl.bound if ctl is not None and isinstance(c, PowerCap) else None,
         )
