@@ -28,24 +28,22 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests.fakes, when run from a checkout
+from nrgloops import Sampler
+from nrgloops._fakes import msr_tree as mt
+from nrgloops._fakes import powercap_tree as pt
+from nrgloops._ffi import ffi, lib
+from nrgloops._machine import machine_info, machine_line
+from nrgloops.meters.msr import open_msr
+from nrgloops.meters.powercap import open_powercap
+from nrgloops.testing import FakeMeter
 
-from nrgloops import Sampler  # noqa: E402
-from nrgloops._ffi import ffi, lib  # noqa: E402
-from nrgloops._machine import machine_info, machine_line  # noqa: E402
-from nrgloops.meters.msr import open_msr  # noqa: E402
-from nrgloops.meters.powercap import open_powercap  # noqa: E402
-from nrgloops.testing import FakeMeter  # noqa: E402
-from tests.fakes import msr_tree as mt  # noqa: E402
-from tests.fakes import powercap_tree as pt  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 25) -> float:

@@ -4,8 +4,11 @@
  * ffi_build.py feeds this file to cffi's cdef() with the preprocessor lines
  * removed, so keep it to plain declarations (enums instead of #defines).
  *
- * Return codes: 0 (or a count) on success, -errno on failure.  Python turns
- * them into exceptions in one place (nrgloops/_ffi.py).
+ * Return codes: 0 (or a count) on success, -errno on failure, one errno per
+ * kind of failure: -EINVAL a bad argument, -ENOMEM an allocation, -ENOSPC a
+ * fixed table is full, -ERANGE a value read that the counter cannot hold,
+ * else the errno of the system call that failed.  Python turns them into
+ * exceptions in one place (nrgloops/_ffi.py).
  */
 #ifndef NRGLOOPS_H
 #define NRGLOOPS_H
@@ -13,9 +16,13 @@
 #include <stdint.h>
 
 enum {
-    NRG_MAX_DOMAINS = 16,
+    NRG_MAX_DOMAINS = 64, /* the total is a 64-bit mask of domains */
     NRG_MAX_SLOTS = 32,
     NRG_MAX_CHANNELS = 512,
+    /* The sampler calls its power stale (and publishes NaN) after this many
+     * failed reads in a row, and at least NRG_STALE_MIN_MS of them. */
+    NRG_STALE_READS = 5,
+    NRG_STALE_MIN_MS = 20,
 };
 
 /* How a counter channel is read. */
@@ -40,11 +47,17 @@ double nrg_now(void);
 /* ---- sources: cumulative joules per domain, never decreasing ---------- */
 
 /* Counter source: a set of hardware counters ("channels"), each adding to
- * one domain.  Wrap: delta = (now - prev) mod modulus, modulus 0 = 2^64. */
-int nrg_counters_new(nrg_source **out, int n_domains);
+ * one domain.  A channel's count is the value read times `scale` (powercap:
+ * uJ x 1000 = nJ, so that a wrap of 2^32 units of whole nJ is exact).
+ * Wrap: delta = (now - prev) mod modulus, modulus 0 = 2^64, in counts.
+ * Reset: a delta above max_watts over the time since the channel's last
+ * read (plus 50 ms of slack) is no wrap but a counter that restarted
+ * (resume, driver reload): it is not booked, and nrg_source_resets() counts
+ * it.  max_watts 0: no bound. */
+int nrg_counters_new(nrg_source **out, int n_domains, double max_watts);
 int nrg_counters_add_file(nrg_source *s, const char *path, int kind,
-                          uint64_t offset, double unit_j, uint64_t modulus,
-                          int domain);
+                          uint64_t offset, uint64_t scale, double unit_j,
+                          uint64_t modulus, int domain);
 int nrg_counters_add_perf(nrg_source *s, uint32_t type, uint64_t config,
                           int cpu, double unit_j, int domain);
 
@@ -92,6 +105,7 @@ int nrg_nvml_name(const nrg_source *s, char *buf, int len); /* GPU name */
 int nrg_source_read(nrg_source *s, double *t, double *joules);
 int nrg_source_domains(const nrg_source *s);
 uint64_t nrg_source_errors(const nrg_source *s);
+uint64_t nrg_source_resets(const nrg_source *s); /* counter resets skipped */
 void nrg_source_free(nrg_source *s);
 
 /* ---- sampler: a background thread that reads a source into a ring ---- */
@@ -99,20 +113,30 @@ void nrg_source_free(nrg_source *s);
 /* Columns of the ring: one per domain, then the total (domains in
  * total_mask).  The first sample is taken before this returns. */
 int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
-                      int capacity, uint32_t total_mask);
+                      int capacity, uint64_t total_mask);
 void nrg_sampler_stop(nrg_sampler *s); /* joins the thread and frees */
 /* Joins the thread but keeps the ring: readers may still look at it. */
 void nrg_sampler_halt(nrg_sampler *s);
-/* In a forked child the thread is gone: start a new one on the same ring. */
+/* In a forked child: make the sampler's lock usable again (the thread is
+ * gone there); respawn then starts a new thread on the same ring. */
+void nrg_sampler_forked(nrg_sampler *s);
 int nrg_sampler_respawn(nrg_sampler *s);
 
 /* Ask the thread to publish the windowed power of a column (domain index,
- * or -1 for the total) at every sample; returns the slot index.  A sampler
- * has NRG_MAX_SLOTS slots, one per distinct (window, domain); -ENOSPC after. */
+ * or -1 for the total) at every sample; returns the slot index.  Slots are
+ * shared by equal (window, domain) and counted: each watch needs one
+ * unwatch, and the last frees the slot.  -ENOSPC when all NRG_MAX_SLOTS
+ * distinct (window, domain) are in use. */
 int nrg_sampler_watch(nrg_sampler *s, double window, int domain);
-/* NRG_MAX_SLOTS doubles, watts; slot i is rewritten at every sample. */
-volatile double *nrg_sampler_published(nrg_sampler *s);
+int nrg_sampler_unwatch(nrg_sampler *s, int slot);
+/* NRG_MAX_SLOTS doubles, watts; slot i is rewritten at every sample (one
+ * aligned 8-byte store: a reader's plain load sees a whole value).  A slot
+ * holds NaN while the sampler is stale: no good read for NRG_STALE_READS
+ * reads in a row and NRG_STALE_MIN_MS. */
+double *nrg_sampler_published(nrg_sampler *s);
+int nrg_sampler_stale(nrg_sampler *s); /* 1 while stale, else 0 */
 
+/* Windowed power now (NaN while stale, or for a bad argument). */
 double nrg_sampler_power(nrg_sampler *s, double window, int domain);
 double nrg_sampler_energy(nrg_sampler *s, int domain);
 int nrg_sampler_latest(nrg_sampler *s, double *t, double *joules_cols);

@@ -468,10 +468,9 @@ int nrg_nvml_new(nrg_source **out, const char *library, unsigned int index,
         e = first_reading(n, mode);
     }
     if (e == 0) {
-        *out = nrg_source_alloc(1, nvml_read, nvml_free, n);
-        if (*out)
+        e = nrg_source_alloc(out, 1, nvml_read, nvml_free, n);
+        if (e == 0)
             return 0;
-        e = -ENOMEM;
     }
     api_release(n->api);
     free(n);

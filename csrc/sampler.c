@@ -1,10 +1,25 @@
 /* The sampler: a thread that reads one source at a fixed period into a ring
  * of (time, joules per column) and publishes windowed average powers.
  *
- * One writer (the thread), many readers.  Readers of the ring check after
- * reading that the rows they used were not overwritten meanwhile.  The
- * published powers are plain aligned doubles: a hot loop reads one with a
- * single load, no lock and no system call. */
+ * One writer (the thread), many readers, no lock on the read side:
+ *
+ * - Ring rows are a seqlock without a sequence number: the writer fills row
+ *   `head` with relaxed atomic stores, then publishes head + 1 with a
+ *   release store, then a release fence before it touches the next row.  A
+ *   reader loads head (acquire), reads rows with relaxed atomic loads, and
+ *   after an acquire fence loads head again: if a row it used may have been
+ *   overwritten meanwhile it reads again.  The fences pair up (C11 7.17.4),
+ *   so a reader that saw part of an overwrite also sees the head that makes
+ *   the row invalid.  On x86 these are plain moves and compiler barriers:
+ *   the same machine code as plain doubles; on aarch64 they are what makes
+ *   it correct.
+ * - The published powers are aligned doubles written with relaxed atomic
+ *   stores: a hot loop reads one with a single load, no lock and no system
+ *   call, and never sees half a value.
+ * - Stale: after NRG_STALE_READS failed reads in a row (and at least
+ *   NRG_STALE_MIN_MS), every published slot holds NaN until a read works
+ *   again, and nrg_sampler_power() returns NaN: a comparison with a cap is
+ *   then false, so a loop that reads a power it cannot trust notices. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
@@ -19,8 +34,8 @@
 struct slot {
     double window;
     int col;
+    int users;      /* watch() minus unwatch(); 0: free */
     uint64_t start; /* oldest row of the window; moved by the thread only */
-    atomic_int active;
 };
 
 struct nrg_sampler {
@@ -28,27 +43,52 @@ struct nrg_sampler {
     double period;
     uint64_t cap;
     int ncol; /* domains + total */
-    uint32_t total_mask;
+    uint64_t total_mask;
     double *t;
     double *j; /* row-major: j[row % cap * ncol + col] */
     _Atomic uint64_t head; /* rows written so far */
-    double first[NRG_MAX_DOMAINS + 1]; /* row 0, for energy() */
+    double first[NRG_MAX_DOMAINS + 1]; /* row 0, for energy(); set before
+                                        * the thread starts */
+    double published[NRG_MAX_SLOTS]; /* relaxed atomic stores only */
+    /* Slots: changed by watch/unwatch and read by the thread's publish,
+     * both under this lock. */
+    pthread_mutex_t slot_lock;
     struct slot slots[NRG_MAX_SLOTS];
-    volatile double published[NRG_MAX_SLOTS];
-    pthread_mutex_t watch_lock; /* serialises nrg_sampler_watch callers */
-    int n_slots;
+    int stale_after;  /* failed reads in a row that make the power stale */
+    int failed_in_row; /* the thread's own */
+    atomic_int stale;
     pthread_t thread;
     atomic_int stop;
     atomic_int running;
     _Atomic uint64_t errors;
 };
 
+static inline void store_d(double *p, double v)
+{
+    __atomic_store(p, &v, __ATOMIC_RELAXED);
+}
+
+static inline double load_d(const double *p)
+{
+    double v;
+    __atomic_load(p, &v, __ATOMIC_RELAXED);
+    return v;
+}
+
 static double *row_j(nrg_sampler *s, uint64_t row)
 {
     return &s->j[(row % s->cap) * (uint64_t)s->ncol];
 }
 
-static double row_t(nrg_sampler *s, uint64_t row) { return s->t[row % s->cap]; }
+static double row_t(nrg_sampler *s, uint64_t row)
+{
+    return load_d(&s->t[row % s->cap]);
+}
+
+static double row_col(nrg_sampler *s, uint64_t row, int col)
+{
+    return load_d(&row_j(s, row)[col]);
+}
 
 /* Oldest row that is safe to read: leave a margin for the writer. */
 static uint64_t oldest_row(nrg_sampler *s, uint64_t head)
@@ -66,7 +106,7 @@ static int take_sample(nrg_sampler *s)
     pthread_mutex_lock(&s->src->lock);
     int rc = s->src->read(s->src, &t, joules);
     if (rc < 0) {
-        s->src->errors++;
+        nrg_source_count_error(s->src);
         pthread_mutex_unlock(&s->src->lock);
         atomic_fetch_add(&s->errors, 1);
         return rc;
@@ -75,15 +115,20 @@ static int take_sample(nrg_sampler *s)
     double *dst = row_j(s, row);
     double total = 0.0;
     for (int d = 0; d < nd; d++) {
-        dst[d] = joules[d];
-        if (s->total_mask & (1u << d))
+        store_d(&dst[d], joules[d]);
+        if (s->total_mask & (UINT64_C(1) << d))
             total += joules[d];
     }
-    dst[nd] = total;
-    s->t[row % s->cap] = t;
-    if (row == 0)
-        memcpy(s->first, dst, sizeof(double) * (size_t)s->ncol);
+    store_d(&dst[nd], total);
+    store_d(&s->t[row % s->cap], t);
+    if (row == 0) {
+        for (int c = 0; c < nd; c++)
+            s->first[c] = joules[c];
+        s->first[nd] = total;
+    }
     atomic_store_explicit(&s->head, row + 1, memory_order_release);
+    /* the next row's stores must not be seen before this head */
+    atomic_thread_fence(memory_order_release);
     pthread_mutex_unlock(&s->src->lock);
     return 0;
 }
@@ -98,7 +143,7 @@ static double window_power(nrg_sampler *s, uint64_t start, uint64_t last,
     double dt = row_t(s, last) - row_t(s, start);
     if (dt <= 0)
         return 0.0;
-    return (row_j(s, last)[col] - row_j(s, start)[col]) / dt;
+    return (row_col(s, last, col) - row_col(s, start, col)) / dt;
 }
 
 static uint64_t advance_start(nrg_sampler *s, uint64_t start, uint64_t last,
@@ -110,21 +155,35 @@ static uint64_t advance_start(nrg_sampler *s, uint64_t start, uint64_t last,
     return start;
 }
 
-static void publish(nrg_sampler *s)
+/* Called by the thread after each sample, good or failed. */
+static void publish(nrg_sampler *s, int good)
 {
+    if (good) {
+        s->failed_in_row = 0;
+        atomic_store_explicit(&s->stale, 0, memory_order_relaxed);
+    } else if (++s->failed_in_row >= s->stale_after) {
+        atomic_store_explicit(&s->stale, 1, memory_order_relaxed);
+    } else {
+        return; /* a failed read or two: the published powers still hold */
+    }
+    int stale = !good;
     uint64_t head = atomic_load_explicit(&s->head, memory_order_relaxed);
-    if (head == 0)
-        return;
     uint64_t last = head - 1, oldest = oldest_row(s, head);
+    pthread_mutex_lock(&s->slot_lock);
     for (int i = 0; i < NRG_MAX_SLOTS; i++) {
         struct slot *sl = &s->slots[i];
-        if (!atomic_load_explicit(&sl->active, memory_order_acquire))
+        if (sl->users == 0)
             continue;
+        if (stale) {
+            store_d(&s->published[i], NAN);
+            continue;
+        }
         if (sl->start < oldest)
             sl->start = oldest;
         sl->start = advance_start(s, sl->start, last, sl->window);
-        s->published[i] = window_power(s, sl->start, last, sl->col);
+        store_d(&s->published[i], window_power(s, sl->start, last, sl->col));
     }
+    pthread_mutex_unlock(&s->slot_lock);
 }
 
 static struct timespec add_seconds(struct timespec t, double seconds)
@@ -174,8 +233,7 @@ static void *run(void *arg)
         sleep_until(s, &deadline);
         if (atomic_load(&s->stop))
             break;
-        if (take_sample(s) == 0)
-            publish(s);
+        publish(s, take_sample(s) == 0);
     }
     return NULL;
 }
@@ -211,7 +269,7 @@ static int spawn(nrg_sampler *s)
 }
 
 int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
-                      int capacity, uint32_t total_mask)
+                      int capacity, uint64_t total_mask)
 {
     if (!src || !(period > 0) || !isfinite(period) || capacity < 4)
         return -EINVAL;
@@ -223,14 +281,19 @@ int nrg_sampler_start(nrg_sampler **out, nrg_source *src, double period,
     s->cap = (uint64_t)capacity;
     s->ncol = src->n_domains + 1;
     s->total_mask = total_mask;
+    double min_reads = ceil(NRG_STALE_MIN_MS * 1e-3 / period);
+    s->stale_after = min_reads > NRG_STALE_READS ? (int)fmin(min_reads, 1e6)
+                                                 : NRG_STALE_READS;
+    for (int i = 0; i < NRG_MAX_SLOTS; i++)
+        s->published[i] = NAN;
     s->t = calloc(s->cap, sizeof *s->t);
     s->j = calloc(s->cap * (uint64_t)s->ncol, sizeof *s->j);
-    pthread_mutex_init(&s->watch_lock, NULL);
+    pthread_mutex_init(&s->slot_lock, NULL);
     int e = (!s->t || !s->j) ? -ENOMEM : first_sample(s);
     if (e == 0)
         e = spawn(s);
     if (e < 0) {
-        pthread_mutex_destroy(&s->watch_lock);
+        pthread_mutex_destroy(&s->slot_lock);
         free(s->t);
         free(s->j);
         free(s);
@@ -252,17 +315,27 @@ void nrg_sampler_stop(nrg_sampler *s)
     if (!s)
         return;
     nrg_sampler_halt(s);
-    pthread_mutex_destroy(&s->watch_lock);
+    pthread_mutex_destroy(&s->slot_lock);
     free(s->t);
     free(s->j);
     free(s);
 }
 
+void nrg_sampler_forked(nrg_sampler *s)
+{
+    pthread_mutex_init(&s->slot_lock, NULL);
+    atomic_store(&s->running, 0); /* the parent's thread does not exist here */
+}
+
 int nrg_sampler_respawn(nrg_sampler *s)
 {
-    pthread_mutex_init(&s->watch_lock, NULL);
-    atomic_store(&s->running, 0); /* the parent's thread does not exist here */
+    atomic_store(&s->running, 0);
     return spawn(s);
+}
+
+int nrg_sampler_stale(nrg_sampler *s)
+{
+    return atomic_load_explicit(&s->stale, memory_order_relaxed);
 }
 
 static int column(nrg_sampler *s, int domain)
@@ -274,10 +347,12 @@ static int column(nrg_sampler *s, int domain)
     return domain;
 }
 
-/* True if rows from `from` on were not overwritten while we read them. */
+/* True if rows from `from` on were not overwritten while we read them:
+ * the acquire fence pairs with the writer's release fence (see the top). */
 static int still_valid(nrg_sampler *s, uint64_t from)
 {
-    uint64_t head = atomic_load_explicit(&s->head, memory_order_acquire);
+    atomic_thread_fence(memory_order_acquire);
+    uint64_t head = atomic_load_explicit(&s->head, memory_order_relaxed);
     return from >= oldest_row(s, head);
 }
 
@@ -302,7 +377,7 @@ static uint64_t find_start(nrg_sampler *s, uint64_t oldest, uint64_t last,
 double nrg_sampler_power(nrg_sampler *s, double window, int domain)
 {
     int col = column(s, domain);
-    if (col < 0 || !(window > 0))
+    if (col < 0 || !(window > 0) || nrg_sampler_stale(s))
         return NAN;
     for (;;) {
         uint64_t head = atomic_load_explicit(&s->head, memory_order_acquire);
@@ -319,35 +394,53 @@ int nrg_sampler_watch(nrg_sampler *s, double window, int domain)
     int col = column(s, domain);
     if (col < 0 || !(window > 0))
         return -EINVAL;
-    pthread_mutex_lock(&s->watch_lock);
-    int i;
-    for (i = 0; i < s->n_slots; i++)
-        if (s->slots[i].window == window && s->slots[i].col == col)
+    pthread_mutex_lock(&s->slot_lock);
+    int i, free_slot = -1;
+    for (i = 0; i < NRG_MAX_SLOTS; i++) {
+        struct slot *sl = &s->slots[i];
+        if (sl->users > 0 && sl->window == window && sl->col == col) {
+            sl->users++;
             goto done;
-    if (s->n_slots == NRG_MAX_SLOTS) {
+        }
+        if (sl->users == 0 && free_slot < 0)
+            free_slot = i;
+    }
+    i = free_slot;
+    if (i < 0) {
         i = -ENOSPC;
         goto done;
     }
-    i = s->n_slots++;
-    s->slots[i].window = window;
-    s->slots[i].col = col;
-    s->slots[i].start = 0; /* clamped to the oldest row by the thread */
-    /* valid before the thread first publishes it */
-    s->published[i] = nrg_sampler_power(s, window, domain);
-    atomic_store_explicit(&s->slots[i].active, 1, memory_order_release);
+    s->slots[i] = (struct slot){.window = window, .col = col, .users = 1};
+    /* valid before the thread first publishes it (it holds slot_lock) */
+    store_d(&s->published[i], nrg_sampler_power(s, window, domain));
 done:
-    pthread_mutex_unlock(&s->watch_lock);
+    pthread_mutex_unlock(&s->slot_lock);
     return i;
 }
 
-volatile double *nrg_sampler_published(nrg_sampler *s) { return s->published; }
+int nrg_sampler_unwatch(nrg_sampler *s, int slot)
+{
+    if (slot < 0 || slot >= NRG_MAX_SLOTS)
+        return -EINVAL;
+    pthread_mutex_lock(&s->slot_lock);
+    int e = 0;
+    if (s->slots[slot].users == 0)
+        e = -EINVAL;
+    else if (--s->slots[slot].users == 0)
+        store_d(&s->published[slot], NAN); /* a late reader sees "unknown" */
+    pthread_mutex_unlock(&s->slot_lock);
+    return e;
+}
+
+double *nrg_sampler_published(nrg_sampler *s) { return s->published; }
 
 int nrg_sampler_latest(nrg_sampler *s, double *t, double *joules_cols)
 {
     for (;;) {
         uint64_t head = atomic_load_explicit(&s->head, memory_order_acquire);
         *t = row_t(s, head - 1);
-        memcpy(joules_cols, row_j(s, head - 1), sizeof(double) * (size_t)s->ncol);
+        for (int c = 0; c < s->ncol; c++)
+            joules_cols[c] = row_col(s, head - 1, c);
         if (still_valid(s, head - 1))
             return s->ncol;
     }

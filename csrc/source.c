@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/perf_event.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,15 +57,15 @@ static void install_atfork(void)
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
-struct nrg_source *nrg_source_alloc(int n_domains, nrg_read_fn read,
-                                    nrg_free_fn free_impl, void *impl)
+int nrg_source_alloc(struct nrg_source **out, int n_domains, nrg_read_fn read,
+                     nrg_free_fn free_impl, void *impl)
 {
     if (n_domains < 1 || n_domains > NRG_MAX_DOMAINS)
-        return NULL;
+        return -EINVAL;
     pthread_once(&atfork_once, install_atfork);
     struct nrg_source *s = calloc(1, sizeof *s);
     if (!s)
-        return NULL;
+        return -ENOMEM;
     pthread_mutex_init(&s->lock, NULL);
     s->n_domains = n_domains;
     s->read = read;
@@ -74,7 +75,8 @@ struct nrg_source *nrg_source_alloc(int n_domains, nrg_read_fn read,
     s->next = registry;
     registry = s;
     pthread_mutex_unlock(&registry_lock);
-    return s;
+    *out = s;
+    return 0;
 }
 
 int nrg_source_read(nrg_source *s, double *t, double *joules)
@@ -82,14 +84,22 @@ int nrg_source_read(nrg_source *s, double *t, double *joules)
     pthread_mutex_lock(&s->lock);
     int rc = s->read(s, t, joules);
     if (rc < 0)
-        s->errors++;
+        nrg_source_count_error(s);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }
 
 int nrg_source_domains(const nrg_source *s) { return s->n_domains; }
 
-uint64_t nrg_source_errors(const nrg_source *s) { return s->errors; }
+uint64_t nrg_source_errors(const nrg_source *s)
+{
+    return __atomic_load_n(&s->errors, __ATOMIC_RELAXED);
+}
+
+uint64_t nrg_source_resets(const nrg_source *s)
+{
+    return __atomic_load_n(&s->resets, __ATOMIC_RELAXED);
+}
 
 void nrg_source_free(nrg_source *s)
 {
@@ -111,30 +121,38 @@ void nrg_source_free(nrg_source *s)
 
 /* ---- counters ---------------------------------------------------------- */
 
+/* Slack on the reset bound: counters step about every 1 ms with jitter and
+ * no timestamp, and a read of many channels takes time. */
+static const double RESET_SLACK_S = 0.05;
+
 struct channel {
     int fd;
     int kind;
     uint64_t offset;
-    double unit_j;
-    uint64_t modulus; /* 0: the full 64-bit range */
+    uint64_t scale;   /* count = value read x scale */
+    double unit_j;    /* joules per count */
+    uint64_t modulus; /* in counts; 0: the full 64-bit range */
     int domain;
-    uint64_t prev;  /* last raw value */
-    uint64_t total; /* units since the channel was added */
+    uint64_t prev;    /* last count */
+    double prev_t;    /* when it was read */
+    unsigned __int128 total; /* counts since the channel was added: no
+                              * overflow, also for nJ over years */
 };
 
 struct counters {
     int n;
+    double max_watts; /* physical bound per channel; 0: none */
     struct channel ch[NRG_MAX_CHANNELS];
 };
 
-static int read_raw(const struct channel *c, uint64_t *raw)
+static int read_value(const struct channel *c, uint64_t *value)
 {
     if (c->kind == NRG_CH_MSR) {
         uint64_t v;
         ssize_t r = pread(c->fd, &v, sizeof v, (off_t)c->offset);
         if (r != (ssize_t)sizeof v)
             return r < 0 ? -errno : -EIO;
-        *raw = v & 0xffffffffu; /* energy status is 32 bits, also on AMD */
+        *value = v & 0xffffffffu; /* energy status is 32 bits, also on AMD */
         return 0;
     }
     if (c->kind == NRG_CH_TEXT) {
@@ -146,16 +164,34 @@ static int read_raw(const struct channel *c, uint64_t *raw)
         char *end;
         errno = 0;
         unsigned long long v = strtoull(buf, &end, 10);
-        if (errno || end == buf)
-            return -EINVAL;
-        *raw = v;
+        if (end == buf || (*end != '\0' && *end != '\n') || buf[0] == '-')
+            return -EINVAL; /* not a decimal count */
+        if (errno == ERANGE)
+            return -ERANGE;
+        *value = v;
         return 0;
     }
     uint64_t v; /* NRG_CH_PERF: perf fds do not support pread */
     ssize_t r = read(c->fd, &v, sizeof v);
     if (r != (ssize_t)sizeof v)
         return r < 0 ? -errno : -EIO;
-    *raw = v;
+    *value = v;
+    return 0;
+}
+
+/* The channel's count now: the value read, scaled, below the modulus. */
+static int read_count(const struct channel *c, uint64_t *count)
+{
+    uint64_t v;
+    int e = read_value(c, &v);
+    if (e < 0)
+        return e;
+    if (v > UINT64_MAX / c->scale)
+        return -ERANGE;
+    v *= c->scale;
+    if (c->modulus && v >= c->modulus)
+        return -ERANGE;
+    *count = v;
     return 0;
 }
 
@@ -164,6 +200,21 @@ static uint64_t wrap_delta(uint64_t now, uint64_t prev, uint64_t modulus)
     if (modulus == 0 || now >= prev)
         return now - prev; /* unsigned: exact modulo 2^64 */
     return modulus - prev + now;
+}
+
+/* Book the step from the channel's last count to `count`, unless it is
+ * more than the physical bound allows: then the counter was reset. */
+static void book(struct nrg_source *s, struct counters *c, struct channel *ch,
+                 uint64_t count, double t)
+{
+    uint64_t delta = wrap_delta(count, ch->prev, ch->modulus);
+    double bound = c->max_watts * ((t - ch->prev_t) + RESET_SLACK_S) / ch->unit_j;
+    if (c->max_watts > 0 && (double)delta > bound)
+        __atomic_fetch_add(&s->resets, 1, __ATOMIC_RELAXED);
+    else
+        ch->total += delta;
+    ch->prev = count;
+    ch->prev_t = t;
 }
 
 static int counters_read(struct nrg_source *s, double *t, double *joules)
@@ -175,16 +226,12 @@ static int counters_read(struct nrg_source *s, double *t, double *joules)
         joules[d] = 0.0;
     for (int i = 0; i < c->n; i++) {
         struct channel *ch = &c->ch[i];
-        uint64_t raw;
-        int e = read_raw(ch, &raw);
+        uint64_t count;
+        int e = read_count(ch, &count);
         if (e < 0)
             rc = e; /* keep the channel's last total */
-        else if (ch->modulus && raw >= ch->modulus)
-            rc = -ERANGE;
-        else {
-            ch->total += wrap_delta(raw, ch->prev, ch->modulus);
-            ch->prev = raw;
-        }
+        else
+            book(s, c, ch, count, *t);
         joules[ch->domain] += (double)ch->total * ch->unit_j;
     }
     return rc;
@@ -198,28 +245,31 @@ static void counters_free(struct nrg_source *s)
     free(c);
 }
 
-int nrg_counters_new(nrg_source **out, int n_domains)
+int nrg_counters_new(nrg_source **out, int n_domains, double max_watts)
 {
+    if (!(max_watts >= 0) || isinf(max_watts))
+        return -EINVAL;
     struct counters *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
-    *out = nrg_source_alloc(n_domains, counters_read, counters_free, c);
-    if (!*out) {
+    c->max_watts = max_watts;
+    int e = nrg_source_alloc(out, n_domains, counters_read, counters_free, c);
+    if (e < 0)
         free(c);
-        return -EINVAL;
-    }
-    return 0;
+    return e;
 }
 
 static int add_channel(nrg_source *s, int fd, int kind, uint64_t offset,
-                       double unit_j, uint64_t modulus, int domain)
+                       uint64_t scale, double unit_j, uint64_t modulus,
+                       int domain)
 {
     struct counters *c = s->impl;
     struct channel *ch = &c->ch[c->n];
-    *ch = (struct channel){fd, kind, offset, unit_j, modulus, domain, 0, 0};
-    int e = read_raw(ch, &ch->prev); /* first read sets the zero */
-    if (e == 0 && modulus && ch->prev >= modulus)
-        e = -ERANGE;
+    *ch = (struct channel){.fd = fd, .kind = kind, .offset = offset,
+                           .scale = scale, .unit_j = unit_j,
+                           .modulus = modulus, .domain = domain};
+    int e = read_count(ch, &ch->prev); /* the first read sets the zero */
+    ch->prev_t = nrg_now();
     if (e < 0) {
         close(fd);
         return e;
@@ -228,10 +278,11 @@ static int add_channel(nrg_source *s, int fd, int kind, uint64_t offset,
     return 0;
 }
 
-static int check_channel_args(nrg_source *s, double unit_j, int domain)
+static int check_channel_args(nrg_source *s, uint64_t scale, double unit_j,
+                              int domain)
 {
     if (s->read != counters_read || domain < 0 || domain >= s->n_domains ||
-        !(unit_j > 0))
+        !(unit_j > 0) || isinf(unit_j) || scale == 0)
         return -EINVAL;
     if (((struct counters *)s->impl)->n >= NRG_MAX_CHANNELS)
         return -ENOSPC;
@@ -239,10 +290,10 @@ static int check_channel_args(nrg_source *s, double unit_j, int domain)
 }
 
 int nrg_counters_add_file(nrg_source *s, const char *path, int kind,
-                          uint64_t offset, double unit_j, uint64_t modulus,
-                          int domain)
+                          uint64_t offset, uint64_t scale, double unit_j,
+                          uint64_t modulus, int domain)
 {
-    int e = check_channel_args(s, unit_j, domain);
+    int e = check_channel_args(s, scale, unit_j, domain);
     if (e < 0)
         return e;
     if (kind != NRG_CH_MSR && kind != NRG_CH_TEXT)
@@ -251,7 +302,7 @@ int nrg_counters_add_file(nrg_source *s, const char *path, int kind,
     if (fd < 0)
         return -errno;
     pthread_mutex_lock(&s->lock);
-    e = add_channel(s, fd, kind, offset, unit_j, modulus, domain);
+    e = add_channel(s, fd, kind, offset, scale, unit_j, modulus, domain);
     pthread_mutex_unlock(&s->lock);
     return e;
 }
@@ -259,7 +310,7 @@ int nrg_counters_add_file(nrg_source *s, const char *path, int kind,
 int nrg_counters_add_perf(nrg_source *s, uint32_t type, uint64_t config,
                           int cpu, double unit_j, int domain)
 {
-    int e = check_channel_args(s, unit_j, domain);
+    int e = check_channel_args(s, 1, unit_j, domain);
     if (e < 0)
         return e;
     struct perf_event_attr attr;
@@ -273,7 +324,7 @@ int nrg_counters_add_perf(nrg_source *s, uint32_t type, uint64_t config,
     if (fd < 0)
         return -errno;
     pthread_mutex_lock(&s->lock);
-    e = add_channel(s, fd, NRG_CH_PERF, 0, unit_j, 0, domain);
+    e = add_channel(s, fd, NRG_CH_PERF, 0, 1, unit_j, 0, domain);
     pthread_mutex_unlock(&s->lock);
     return e;
 }
@@ -375,12 +426,11 @@ int nrg_model_new(nrg_source **out, int scope, const char *stat_path,
     m->t0 = nrg_now();
     if (e == 0) {
         m->last_busy = m->busy0;
-        *out = nrg_source_alloc(1, model_read, model_free, m);
-        if (*out) {
+        e = nrg_source_alloc(out, 1, model_read, model_free, m);
+        if (e == 0) {
             (*out)->in_child = model_in_child;
             return 0;
         }
-        e = -ENOMEM;
     }
     if (m->stat_fd >= 0)
         close(m->stat_fd);
@@ -420,12 +470,10 @@ int nrg_fake_new(nrg_source **out, double watts)
         return -ENOMEM;
     f->watts = watts;
     f->last_t = nrg_now();
-    *out = nrg_source_alloc(1, fake_read, plain_free, f);
-    if (!*out) {
+    int e = nrg_source_alloc(out, 1, fake_read, plain_free, f);
+    if (e < 0)
         free(f);
-        return -ENOMEM;
-    }
-    return 0;
+    return e;
 }
 
 int nrg_fake_set_watts(nrg_source *s, double watts)
@@ -461,12 +509,10 @@ int nrg_push_new(nrg_source **out, int n_domains)
     struct push *p = calloc(1, sizeof *p);
     if (!p)
         return -ENOMEM;
-    *out = nrg_source_alloc(n_domains, push_read, plain_free, p);
-    if (!*out) {
+    int e = nrg_source_alloc(out, n_domains, push_read, plain_free, p);
+    if (e < 0)
         free(p);
-        return -EINVAL;
-    }
-    return 0;
+    return e;
 }
 
 int nrg_push(nrg_source *s, double t, const double *joules)

@@ -87,6 +87,7 @@ def _meters_report() -> tuple[list[str], str]:
         lines.append(
             f"  {kind:<9} available, {m.label}: {m.description}; domains {', '.join(m.domains)}"
         )
+        lines += [f"            skipped {item}" for item in m.skipped]
         if best is None and kind in ("msr", "powercap", "perf"):
             best = f"{kind} ({m.label})"
     return lines, best or "model (estimated: no energy counter can be read here)"
@@ -217,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         m = exporter.sampler.meter
         print(
             f"nrgloops: serving {exporter.url} -- {m.label.upper()} by the {m.kind} meter "
-            f"({m.description.split(' -- ')[0]}); Ctrl-C to stop",
+            f"({m.description}); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )
@@ -270,6 +271,7 @@ def cmd_bench_substring(args: argparse.Namespace) -> int:
             strings=args.strings,
             target_s=args.target_s,
             idle_s=args.idle_s,
+            repeat=args.repeat,
         )
         live = _Live()
         bench = SubstringBench(config, log=live.log, live=live if live.tty else None)
@@ -412,6 +414,14 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--strings", type=int, help="strings to look up (default: ~TARGET_S uncapped)")
     sb.add_argument("--target-s", type=float, help="seconds of the uncapped run (4 quick, 15)")
     sb.add_argument("--idle-s", type=float, help="seconds of idle measurement (1 quick, 3)")
+    sb.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rounds of the sweep; the figure shows medians with min-max bars "
+        "(with --quick, N > 1 repeats one cap, to keep to about a minute)",
+    )
     sb.set_defaults(func=cmd_bench_substring)
 
     gov = sub.add_parser("governor", help="governor maintenance")

@@ -142,7 +142,7 @@ class Measurement:
             f"(highest {self.window_s:g} s window inside the run, or the average)"
         )
         lines.append("")
-        source = self.description.split(" -- ")[0]
+        source = self.description
         lines.append(
             f" {lab.upper()} by the {self.meter} meter ({source}), for the whole machine, "
             f"sampled every {self.period_s:g} s"

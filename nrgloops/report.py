@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nrgloops import _checks
 from nrgloops.sampler import DEFAULT_HISTORY_S
 
 if TYPE_CHECKING:
@@ -36,11 +37,36 @@ SHORT_LOOP_NOTE = "loop shorter than the meter's sampling period"
 
 Value = str | float | int | None
 Point = tuple[float, float, Value]
-_CSV_TAG = "# nrgloops report "
 
 
 def _fmt_w(w: float | None) -> str:
     return "n/a" if w is None or w != w else f"{w:.3g} W"
+
+
+def _fmt_num(w: float) -> str:
+    return "n/a" if w != w else f"{w:.4g}"
+
+
+def _csv_num(v: float) -> str:
+    return repr(v) if math.isfinite(v) else ""
+
+
+def _sidecar(path: Path) -> Path:
+    """Where ``to_csv`` puts the summary of ``path``: ``PATH.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def _parse_value(v: str) -> Value:
+    """A timeline value back from CSV text: None, an int, a float or a str."""
+    if v == "":
+        return None
+    try:
+        value = float(v)
+    except ValueError:
+        return v
+    if value.is_integer() and "." not in v and "e" not in v.lower():
+        return int(v)
+    return value
 
 
 def ring_history(window: float) -> float:
@@ -169,39 +195,113 @@ class Report:
     def from_json(cls, text: str) -> Report:
         return cls.from_dict(json.loads(text))
 
-    def to_csv(self, path: str | Path) -> None:
-        """Write the timeline as CSV (time_s, power_w, value), after one
-        comment line holding the summary as JSON."""
+    def value_column(self) -> str:
+        """What the timeline's third entry is, as a column name: "knob_level",
+        "variant" (adapt / alternate), "action" (run / skip) or "energy_j"."""
+        if self.knob is not None:
+            return "knob_level"
+        return {"truncate": "energy_j", "perforate": "action"}.get(self.kind, "variant")
+
+    def timeline_columns(self) -> dict[str, list[Any]]:
+        """The timeline as columns: time_s (since the start), power_w (the
+        windowed power), the value column (see ``value_column``) and label
+        (measured / estimated / simulated, the same on every row)."""
+        return {
+            "time_s": [p[0] for p in self.timeline],
+            "power_w": [p[1] for p in self.timeline],
+            self.value_column(): [p[2] for p in self.timeline],
+            "label": [self.label] * len(self.timeline),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The figures as one flat row (no timeline): ``iterations_adapt``,
+        ``knob_value``..., None for a missing figure."""
+        flat: dict[str, Any] = {}
+        for key, value in _strict(self.to_dict()).items():
+            if key == "timeline":
+                continue
+            if isinstance(value, dict):
+                flat.update({f"{key}_{k}": v for k, v in value.items()})
+            elif key != "knob":  # knob None: no knob columns
+                flat[key] = value
+        return flat
+
+    def to_pandas(self, what: str = "timeline") -> Any:
+        """A pandas DataFrame: the timeline (one row per point, the summary in
+        ``df.attrs["report"]``), or with ``what="summary"`` one row of the
+        figures.  Needs pandas (``pip install "nrgloops[pandas]"``)."""
+        if what not in ("timeline", "summary"):
+            raise ValueError(f"what must be 'timeline' or 'summary', got {what!r}")
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                'Report.to_pandas needs pandas: pip install "nrgloops[pandas]"'
+            ) from None
+        if what == "summary":
+            return pd.DataFrame([self.summary()])
+        df = pd.DataFrame(self.timeline_columns())
+        df.attrs["report"] = self.summary()
+        return df
+
+    def timeline_table(self, max_rows: int = 20) -> str:
+        """The timeline as a text table, at most ``max_rows`` rows (evenly
+        picked, the last one always in)."""
+        max_rows = _checks.count("max_rows", max_rows, lo=2)
+        points = self.timeline
+        if len(points) > max_rows:
+            step = (len(points) - 1) / (max_rows - 1)
+            points = [points[round(i * step)] for i in range(max_rows)]
+        col = self.value_column()
+        lines = [f"{'time s':>9} {'power W':>9}  {col.replace('_j', ' J').replace('_', ' ')}"]
+        for t, w, v in points:
+            value = "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+            lines.append(f"{t:>9.3f} {_fmt_num(w):>9}  {value}")
+        shown = f"{len(points)} of {len(self.timeline)} points" if points else "no points"
+        lines.append(f"(power {self.label}, {self.window_s:g} s windows; {shown})")
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the timeline as CSV that ``pandas.read_csv`` reads as it is
+        (columns as in ``timeline_columns``; a missing power is an empty
+        field), and the summary as JSON beside it, in ``PATH.json``; returns
+        that path."""
+        p = Path(_checks.path("path", path))
+        cols = self.timeline_columns()
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(list(cols))
+            for row in zip(*cols.values(), strict=True):
+                t, pw, v, label = row
+                w.writerow([repr(t), _csv_num(pw), "" if v is None else v, label])
+        side = _sidecar(p)
         summary = self.to_dict()
         del summary["timeline"]
-        with open(path, "w", newline="") as f:
-            f.write(_CSV_TAG + json.dumps(_strict(summary), allow_nan=False) + "\n")
-            w = csv.writer(f)
-            w.writerow(["time_s", "power_w", "value"])
-            for t, p, v in self.timeline:
-                w.writerow([repr(t), repr(p), "" if v is None else v])
+        side.write_text(json.dumps(_strict(summary), indent=2, allow_nan=False) + "\n")
+        return side
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Report:
-        with open(path, newline="") as f:
-            first = f.readline()
-            if not first.startswith(_CSV_TAG):
-                raise ValueError(f"{path} is not a CSV written by Report.to_csv")
-            summary = json.loads(first[len(_CSV_TAG) :])
-            rows = list(csv.reader(f))[1:]
+        """Read what ``to_csv`` wrote (the CSV and its ``PATH.json``)."""
+        p = Path(_checks.path("path", path))
+        side = _sidecar(p)
+        try:
+            summary = json.loads(side.read_text(encoding="utf-8"))
+            if not isinstance(summary, dict) or "kind" not in summary:
+                raise ValueError
+        except FileNotFoundError:
+            raise ValueError(
+                f"{p} is not a CSV written by Report.to_csv: no summary {side.name} beside it"
+            ) from None
+        except ValueError:
+            raise ValueError(f"{side} is not the summary Report.to_csv writes") from None
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows or rows[0][:2] != ["time_s", "power_w"]:
+            raise ValueError(f"{p} is not a CSV written by Report.to_csv")
         timeline: list[Point] = []
-        for t, p, v in rows:
-            value: Value
-            if v == "":
-                value = None
-            else:
-                try:
-                    value = float(v)
-                    if value.is_integer() and "." not in v and "e" not in v:
-                        value = int(v)
-                except ValueError:
-                    value = v
-            timeline.append((float(t), float(p), value))
+        for t, pw, v, *_ in rows[1:]:
+            timeline.append((float(t), math.nan if pw == "" else float(pw), _parse_value(v)))
         summary["timeline"] = timeline
         return cls.from_dict(summary)
 

@@ -4,27 +4,55 @@ The first user of a (meter, period, history) starts the C thread, the last
 one stops it (pyinstrument's pattern).  Each user holds a ``Sampler`` handle; the
 hot path, ``power(window)``, reads a value the thread already published: one
 dict lookup and one memory load, no lock, no system call.
+
+Lifetime: the ring (and the published powers) is freed only when nothing
+refers to it any more -- no handle, no ``published`` view a loop still
+holds, no call in flight -- so stopping a sampler while other threads read it
+gives them the last values, never freed memory.  A started handle that is
+dropped without ``stop()`` releases its share when it is collected.
+
+Stale power: when reads fail (a counter that went away, NVML "not ready")
+for ``NRG_STALE_READS`` reads in a row and at least ``NRG_STALE_MIN_MS``
+(5 reads and 20 ms), the thread publishes NaN as every windowed power until
+a read works again: ``power()`` returns NaN and ``stale`` is True.  NaN
+compares false with everything, so a loop's ``power <= cap`` is False and
+it treats the power as unknown rather than acting on the last good number.
+``energy()`` keeps the last good total (a lower bound) meanwhile.
+
+Counter resets: a step larger than the physical bound is not booked as a
+wrap (see ``Meter.resets``); ``resets`` counts them and ``stop()`` logs a
+warning when any were seen.
 """
 
 from __future__ import annotations
 
 import atexit
 import errno
+import logging
 import math
 import os
 import threading
+import weakref
 from types import TracebackType
 from typing import Any
 
+from nrgloops import _checks
 from nrgloops._errors import NrgError
 from nrgloops._ffi import check, ffi, lib
 from nrgloops.meters._base import Meter
 
 __all__ = ["DEFAULT_HISTORY_S", "Sampler"]
 
+log = logging.getLogger("nrgloops")
+
 DEFAULT_HISTORY_S = 10.0  # the ring holds at least this much history
 MIN_PERIOD_S = 1e-4  # faster than 10 kHz the thread would only spin
 MAX_RING_BYTES = 1 << 30  # a ring larger than 1 GiB is a mistake, not a plan
+# power(window) publishes at most this many windows per handle; more distinct
+# windows are computed from the ring at each call (slower, never an error),
+# so that one handle cannot take the slots that loops need.
+AUTO_WATCH_PER_HANDLE = 8
+MAX_POINTS = 2**31 - 1  # series() counts in a C int
 
 
 class _Core:
@@ -48,48 +76,95 @@ class _Core:
             lib.nrg_sampler_start(out, meter._source, period, self.capacity, meter.total_mask),
             f"starting the sampler on the {meter.kind} meter",
         )
-        self.ptr = out[0]
+        # Freed (thread joined first) when the last reference goes: the view
+        # below holds one, so does every call in flight.
+        self.ptr = ffi.gc(out[0], lib.nrg_sampler_stop)
         # A memoryview over the C array: indexing it is the cheapest read
-        # Python has (cheaper than a cffi pointer or a numpy array).
+        # Python has (cheaper than a cffi pointer or a numpy array).  Made
+        # from a buffer over self.ptr itself, which keeps the ring alive.
         published = lib.nrg_sampler_published(self.ptr)
-        self.published = memoryview(
-            ffi.buffer(published, ffi.sizeof("double") * lib.NRG_MAX_SLOTS)
-        ).cast("d")
+        offset = int(ffi.cast("uintptr_t", published)) - int(ffi.cast("uintptr_t", self.ptr))
+        size = ffi.sizeof("double") * int(lib.NRG_MAX_SLOTS)
+        whole = memoryview(ffi.buffer(self.ptr, offset + size))
+        self.published = whole[offset:].cast("d")
         self.users = 0
         self.halted = False
 
-    def stop(self) -> None:
-        if self.ptr is not None:
-            lib.nrg_sampler_stop(self.ptr)
-            self.ptr = None
-
     def halt(self) -> None:
         """Stop the thread but keep the ring: handles may still read it."""
-        if self.ptr is not None and not self.halted:
-            lib.nrg_sampler_halt(self.ptr)
+        if not self.halted:
             self.halted = True
+            lib.nrg_sampler_halt(self.ptr)
+
+    stop = halt  # the memory itself goes with the last reference
 
 
 _lock = threading.Lock()
 _cores: dict[tuple[int, float, float], _Core] = {}
 
 
-def _acquire(meter: Meter, period: float, history: float) -> _Core:
+# Leases of handles collected while started.  A finalizer can run inside any
+# code, also while this thread holds _lock, so it only queues the lease; the
+# queue is emptied by whoever holds the lock next (or at once if it is free).
+_dropped: list[_Lease] = []
+
+
+def _drain() -> None:
+    """Release the queued leases; call with _lock held."""
+    while _dropped:
+        _dropped.pop()._release()
+
+
+def _acquire(meter: Meter, period: float, history: float) -> _Lease:
     with _lock:
+        _drain()
         key = (id(meter), period, history)
         core = _cores.get(key)
         if core is None:
             core = _cores[key] = _Core(meter, period, history)
         core.users += 1
-        return core
+        lease = _Lease(core, key)
+        _drain()  # a lease collected meanwhile leaves this core in use
+        return lease
 
 
-def _release(core: _Core, key: tuple[int, float, float]) -> None:
-    with _lock:
+class _Lease:
+    """One handle's share of a core and the slots it watches, given back
+    once: by ``stop()``, or after the handle was collected while started."""
+
+    def __init__(self, core: _Core, key: tuple[int, float, float]) -> None:
+        self.core = core
+        self.key = key
+        self.slots: set[int] = set()
+        self.done = False
+
+    def release(self) -> None:
+        with _lock:
+            _drain()
+            self._release()
+
+    def dropped(self) -> None:
+        """The finalizer's part: queue, and release at once if the lock is free."""
+        _dropped.append(self)
+        if _lock.acquire(blocking=False):
+            try:
+                _drain()
+            finally:
+                _lock.release()
+
+    def _release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        core = self.core
+        for slot in self.slots:
+            lib.nrg_sampler_unwatch(core.ptr, slot)
+        self.slots.clear()
         core.users -= 1
         if core.users == 0:
-            _cores.pop(key, None)
-            core.stop()
+            if _cores.get(self.key) is core:
+                del _cores[self.key]
+            core.halt()
 
 
 @atexit.register
@@ -109,25 +184,23 @@ def _halt_all_in_child() -> None:
 
 
 def _respawn_in_child() -> None:
-    # After fork() only the forking thread exists: start each sampler's thread
-    # again on the same ring, so pointers held by loops stay valid.  The lock
-    # may have been held by a thread that is gone.
+    # After fork() only the forking thread exists: make each sampler's lock
+    # usable and start its thread again on the same ring, so that pointers
+    # held by loops stay valid.  Our lock may have been held by a thread
+    # that is gone.
     global _lock
     _lock = threading.Lock()
     for core in _cores.values():
-        if core.ptr is not None and not core.halted:
+        lib.nrg_sampler_forked(core.ptr)
+        if not core.halted:
             lib.nrg_sampler_respawn(core.ptr)
 
 
 os.register_at_fork(after_in_child=_respawn_in_child)
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
+def _seconds(name: str, value: Any) -> float:
+    return _checks.number(name, value, "seconds", lo=0.0, lo_open=True)
 
 
 class Sampler:
@@ -149,7 +222,7 @@ class Sampler:
         if not isinstance(meter, Meter):
             raise TypeError(f"meter must be a nrgloops Meter, not {type(meter).__name__}")
         self.meter = meter
-        self.period = _positive("period", meter.default_period if period is None else period)
+        self.period = _seconds("period", meter.default_period if period is None else period)
         if self.period < MIN_PERIOD_S:
             raise ValueError(f"period must be at least {MIN_PERIOD_S:g} s, got {self.period!r}")
         if self.period > meter.max_period:
@@ -157,31 +230,56 @@ class Sampler:
                 f"period={self.period} s is too slow for the {meter.kind} meter: its "
                 f"counter can wrap twice between reads; use period <= {meter.max_period:.3g} s"
             )
-        self.history = _positive("history", history)
+        self.history = _seconds("history", history)
         self._core: _Core | None = None
+        self._lease: _Lease | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._slots: dict[tuple[float, str | None], int] = {}
         self._total_slots: dict[float, int] = {}  # the hot path's lookup
         self._published: Any = None
         self._energy0: dict[int, float] = {}
+        self._resets0 = 0
 
     # -- lifetime --------------------------------------------------------
     def start(self) -> Sampler:
         if self._core is None:
-            self._core = _acquire(self.meter, self.period, self.history)
-            self._published = self._core.published
-            self._energy0 = {}
-            ptr = self._core.ptr
-            for d in range(-1, len(self.meter.domains)):
-                self._energy0[d] = lib.nrg_sampler_energy(ptr, d)
+            lease = _acquire(self.meter, self.period, self.history)
+            core = lease.core
+            self._energy0 = {
+                d: lib.nrg_sampler_energy(core.ptr, d) for d in range(-1, len(self.meter.domains))
+            }
+            self._resets0 = self.meter.resets
+            self._lease = lease
+            self._finalizer = weakref.finalize(self, lease.dropped)
+            self._published = core.published
+            self._core = core
         return self
 
     def stop(self) -> None:
-        if self._core is not None:
-            core, self._core = self._core, None
-            self._slots.clear()
-            self._total_slots.clear()
-            self._published = None
-            _release(core, (id(self.meter), self.period, self.history))
+        """Give back this handle's share (the last one stops the thread).
+
+        Other threads still reading this handle get the last values (or NaN
+        for a window no longer published), never freed memory."""
+        core, lease = self._core, self._lease
+        if core is None or lease is None:
+            return
+        self._core = self._lease = None
+        self._published = None
+        self._slots.clear()
+        self._total_slots.clear()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        resets = self.meter.resets - self._resets0
+        lease.release()
+        if resets:
+            log.warning(
+                "nrgloops: the %s meter's counter was reset %d time(s) while sampled "
+                "(resume from suspend, a driver reload?): those intervals were not booked, "
+                "so energy and power are low by their length",
+                self.meter.kind,
+                resets,
+            )
 
     def __enter__(self) -> Sampler:
         return self.start()
@@ -198,64 +296,104 @@ class Sampler:
     def running(self) -> bool:
         return self._core is not None
 
-    def _ptr(self) -> Any:
-        if self._core is None:
+    def _need_core(self) -> _Core:
+        core = self._core
+        if core is None:
             raise NrgError("the sampler is not running: use `with Sampler(meter) as s:` first")
-        return self._core.ptr
+        return core
+
+    def _ptr(self) -> Any:
+        """The C sampler; holding it keeps the ring alive."""
+        return self._need_core().ptr
 
     # -- power -----------------------------------------------------------
+    def _window(self, window: Any) -> float:
+        w = _seconds("window", window)
+        held = self._need_core().history
+        if w > held:
+            raise ValueError(
+                f"window={w} s is longer than the {held:.1f} s of history the sampler "
+                f"holds; use a shorter window or Sampler(..., history={w:g})"
+            )
+        return w
+
     def watch(self, window: float, domain: str | None = None) -> int:
         """Have the thread publish the windowed power of ``domain`` at each
-        sample; returns the slot to read in ``published``."""
-        ptr = self._ptr()
-        window = _positive("window", window)
-        held = self._core.history if self._core else 0.0
-        if window > held:
-            raise ValueError(
-                f"window={window} s is longer than the {held:.1f} s of history the sampler "
-                f"holds; use a shorter window or Sampler(..., history={window:g})"
-            )
+        sample; returns the slot to read in ``published``.  The slot is this
+        handle's until ``stop()``; equal (window, domain) share one."""
+        core = self._need_core()
         col = self.meter.domain_index(domain)
-        rc = lib.nrg_sampler_watch(ptr, window, col)
-        if rc == -errno.ENOSPC:
-            raise NrgError(
-                f"this sampler already publishes {lib.NRG_MAX_SLOTS} windows, one per distinct "
-                "(window, domain): reuse one of the windows already in use"
-            )
-        slot = check(rc, "watching a power window")
-        self._slots[(window, domain)] = slot
+        w = self._window(window)
+        slot = self._slots.get((w, domain))
+        if slot is not None:
+            return slot
+        lease = self._lease
+        assert lease is not None
+        rc = lib.nrg_sampler_watch(core.ptr, w, col)
+        slot = check(
+            rc,
+            "watching a power window",
+            reasons={
+                errno.ENOSPC: (
+                    f"this sampler already publishes {lib.NRG_MAX_SLOTS} distinct "
+                    "(window, domain): stop samplers no longer used, or reuse a window "
+                    "already in use (power() computes other windows at each call)"
+                )
+            },
+        )
+        with _lock:
+            lease.slots.add(slot)
+        self._slots[(w, domain)] = slot
         if domain is None:
-            self._total_slots[window] = slot
+            self._total_slots[w] = slot
         return slot
 
     @property
     def published(self) -> Any:
         """The published powers (W) as a memoryview of doubles, indexed by
-        ``watch()``'s slot; valid while the sampler runs."""
-        self._ptr()
-        return self._published
+        ``watch()``'s slot.  The view stays valid memory after ``stop()``
+        (holding it keeps the ring), but its values are then the last ones,
+        or NaN for a slot no longer watched.  NaN while the power is stale."""
+        return self._need_core().published
 
     def power(self, window: float = 0.1, domain: str | None = None) -> float:
         """Average power over the last ``window`` seconds, W.
 
         The total (``domain=None``) never adds overlapping domains.  Before
         ``window`` seconds have passed it averages over what there is, and it
-        is 0 W before the second sample.
+        is 0 W before the second sample.  NaN while the power is stale (see
+        the module docstring).
         """
         if domain is None:
             try:  # the hot path: a window already watched
                 return self._published[self._total_slots[window]]  # type: ignore[no-any-return]
-            except KeyError:
+            except (KeyError, TypeError):  # not watched, unhashable, or stopped
                 pass
-        slot = self._slots.get((window, domain))
+        core = self._need_core()
+        col = self.meter.domain_index(domain)
+        w = self._window(window)
+        slot = self._slots.get((w, domain))
+        if slot is None and len(self._slots) < AUTO_WATCH_PER_HANDLE:
+            try:
+                slot = self.watch(w, domain)
+            except NrgError:  # every slot taken: compute it instead
+                slot = None
         if slot is None:
-            slot = self.watch(window, domain)
-        return float(self._published[slot])
+            return float(lib.nrg_sampler_power(core.ptr, w, col))
+        return float(core.published[slot])
+
+    @property
+    def stale(self) -> bool:
+        """True while no good sample came for several periods: ``power()`` is
+        NaN then, and the published windows hold NaN."""
+        return bool(lib.nrg_sampler_stale(self._ptr()))
 
     def energy(self, domain: str | None = None) -> float:
-        """Energy since this sampler started, J."""
+        """Energy since this sampler started, J (the last good total while
+        the power is stale)."""
         col = self.meter.domain_index(domain)
-        return float(lib.nrg_sampler_energy(self._ptr(), col) - self._energy0[col])
+        ptr = self._ptr()
+        return float(lib.nrg_sampler_energy(ptr, col) - self._energy0[col])
 
     def latest(self, domain: str | None = None) -> tuple[float, float]:
         """The newest row: (its monotonic time, s; the counter's energy then, J).
@@ -273,18 +411,25 @@ class Sampler:
     def series(
         self, after: float, window: float, domain: str | None = None, max_points: int = 100_000
     ) -> tuple[list[float], list[float]]:
-        """Windowed power (W) at each sample newer than ``after`` (monotonic s)."""
-        ptr = self._ptr()
-        window = _positive("window", window)
+        """Windowed power (W) at each sample newer than ``after`` (monotonic s),
+        at most ``max_points`` of them (never more than the ring holds)."""
+        core = self._need_core()
+        w = self._window(window)
         col = self.meter.domain_index(domain)
-        if isinstance(after, bool) or not isinstance(after, (int, float)) or math.isnan(after):
-            raise ValueError(f"after must be a time in seconds (time.monotonic()), got {after!r}")
-        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
-            raise ValueError(f"max_points must be an int >= 1, got {max_points!r}")
-        t = ffi.new("double[]", max_points)
-        w = ffi.new("double[]", max_points)
-        n = check(lib.nrg_sampler_series(ptr, after, window, col, t, w, max_points), "series")
-        return list(t[0:n]), list(w[0:n])
+        if isinstance(after, bool) or not isinstance(after, (int, float)):
+            raise TypeError(f"after must be a time in seconds, not {type(after).__name__}")
+        try:
+            after_s = float(after)
+        except OverflowError:  # a huge int: before or after every row
+            after_s = math.inf if after > 0 else -math.inf
+        if math.isnan(after_s):
+            raise ValueError("after must be a time in seconds (time.monotonic()), got nan")
+        n_max = _checks.count("max_points", max_points, lo=1, hi=MAX_POINTS)
+        n_max = min(n_max, core.capacity)  # the ring holds no more rows
+        t = ffi.new("double[]", n_max)
+        p = ffi.new("double[]", n_max)
+        n = check(lib.nrg_sampler_series(core.ptr, after_s, w, col, t, p, n_max), "series")
+        return list(t[0:n]), list(p[0:n])
 
     @property
     def samples(self) -> int:
@@ -295,6 +440,12 @@ class Sampler:
     def errors(self) -> int:
         """Reads that failed since the C thread started (they are skipped)."""
         return int(lib.nrg_sampler_errors(self._ptr()))
+
+    @property
+    def resets(self) -> int:
+        """Counter resets seen (and not booked) since this handle started."""
+        self._need_core()
+        return self.meter.resets - self._resets0
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

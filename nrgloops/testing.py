@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from nrgloops._checks import count, number
+from nrgloops._checks import boolean, count, number
 from nrgloops._errors import NrgError
 from nrgloops._ffi import check, lib, new_handle
 from nrgloops.control import Knob
@@ -52,7 +52,7 @@ class FakeMeter(Meter):
         super().__init__(
             new_handle(lib.nrg_fake_new, w, what="fake meter"),
             kind="fake",
-            measured=measured,
+            measured=boolean("measured", measured),
             domains=("package-0",),
             resolution_s=0.001,
             default_period=0.001,

@@ -16,6 +16,7 @@ from nrgloops.bench.substring import (
     SubstringBench,
     cap_warnings,
     check_caps,
+    figure,
     format_table,
     parse_caps,
     plot,
@@ -82,7 +83,9 @@ def test_tiny_sweep_writes_three_files(
 
     doc = json.loads(paths[1].read_text())
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu_model"]
-    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == "estimated"
+    assert doc["meter"]["measured"] is False and doc["meter"]["label"] == (
+        "simulated" if meter == "fake" else "estimated"
+    )
     assert doc["interrupted"] is False
     assert doc["corpus"]["strings"] == 60
     matches = {r["details"]["matches"] for r in doc["rows"]}
@@ -95,7 +98,7 @@ def test_tiny_sweep_writes_three_files(
     for r in doc["rows"]:  # the governor's trace, read without knowing its kind
         assert ("mean_quota_cpus" in r["details"]) == (r["mode"] == "governor")
     table = bench.table()
-    assert "ESTIMATED" in table and "uncapped" in table
+    assert ("SIMULATED" if meter == "fake" else "ESTIMATED") in table and "uncapped" in table
     assert not list((tmp_path / "journal").glob("*.json"))
 
 
@@ -217,6 +220,107 @@ def test_plot_partial_and_table(tmp_path: Path) -> None:
     assert (tmp_path / "partial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = format_table(bench.rows, fake).splitlines()
     assert [line.split()[0] for line in lines[2:4]] == ["uncapped", "nrgloops"]
-    assert lines[3].split()[1:6] == ["5", "5.50", "10.50", "25%", "16.5"]
+    assert lines[3].split()[1:7] == ["5", "1", "5.50", "10.50", "25%", "16.5"]  # cap, round...
     assert "MEASURED" in lines[-1] or "SIMULATED" in lines[-1]
     assert len(format_table([], fake).splitlines()) == 3  # header, rule, the meter line
+
+
+def test_repeated_sweep_rounds_and_flags(tmp_path: Path) -> None:
+    fake = FakeMeter(watts=10.0, measured=False)
+    cfg = Config(caps=[20.0], governor="none", meter=fake, size_mb=1, strings=40, idle_s=0.05)
+    cfg.repeat = 2
+    bench = SubstringBench(cfg, log=lambda _: None)
+    bench.run()
+    assert [(r.mode, r.repeat) for r in bench.rows] == [
+        ("uncapped", 0),
+        ("nrgloops", 0),
+        ("uncapped", 1),
+        ("nrgloops", 1),
+    ]
+    for r in bench.rows:
+        assert r.disturbed == (r.background_cpus > 0.15)
+        if r.mode == "uncapped":
+            assert r.energy_rel == 1.0  # each round against its own uncapped run
+    table = bench.table()
+    assert "over 2 rounds: median [min - max]" in table and "(2 runs" in table
+    paths = bench.write(tmp_path)
+    with open(paths[0], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["repeat"] for r in rows] == ["0", "0", "1", "1"]
+    assert {r["disturbed"] for r in rows} <= {"True", "False"}
+    assert all(r["background_cpus"] for r in rows)
+
+
+def _doc(caps: list[float], rounds: int, disturbed_at: int = -1) -> dict[str, object]:
+    rows = []
+    k = 0
+    for rnd in range(rounds):
+        rows.append(_row("uncapped", None, rnd, 1.0, 20.0, False))
+        for c in caps:
+            k += 1
+            rows.append(_row("nrgloops", c, rnd, 0.9 + 0.01 * rnd, c - 1, k == disturbed_at))
+            rows.append(_row("governor", c, rnd, 1.2 + 0.02 * rnd, c + 0.5, False))
+    return {
+        "rows": rows,
+        "machine": {"cpu_model": "Test CPU", "cores": 2},
+        "meter": {"kind": "model", "measured": False, "label": "estimated", "window_s": 0.1}
+        | {"description": "estimated"},
+        "governor": {"kind": "cgroup"},
+        "idle_w": 5.0,
+    }
+
+
+def _row(
+    mode: str, cap: float | None, rnd: int, rel: float, watts: float, bad: bool
+) -> dict[str, object]:
+    return {
+        "mode": mode,
+        "cap_w": cap,
+        "repeat": rnd,
+        "energy_rel": rel,
+        "energy_j": 100 * rel,
+        "avg_power_w": watts,
+        "peak_power_w": watts + 1,
+        "time_s": 5.0,
+        "disturbed": bad,
+        "details": {"background_cpus": 0.5 if bad else 0.0},
+    }
+
+
+@pytest.mark.parametrize("caps", [[15.0], [12.0, 15.0, 18.0]])
+def test_figure_axes_are_honest_and_caps_visible(caps: list[float], tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(_doc(caps, rounds=3, disturbed_at=1))
+    try:
+        ax_e, ax_p = fig.axes[:2]
+        assert ax_e.get_ylim()[0] == 0 and ax_p.get_ylim()[0] == 0  # no zoom on noise
+        for ax in (ax_e, ax_p):
+            anchor = ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted())
+            assert anchor.y1 <= 0  # the legend is under the plot, off the data
+            assert list(ax.get_xticks()) == caps
+        # each cap is a black bar at its own height, also when there is one
+        bars = [c for c in ax_p.collections if c.get_label() == "the cap"]
+        assert len(bars) == 1
+        heights = sorted(seg[0][1] for seg in bars[0].get_segments())
+        assert heights == caps
+        # median with min-max bars: the nrgloops energy line sits at the median round
+        labels = [h.get_label() for h in ax_e.get_legend_handles_labels()[0]]
+        assert "disturbed run" in labels and "uncapped runs, min-max" in labels
+        assert "bars min-max" in ax_e.get_title()
+    finally:
+        plt.close(fig)
+    plot(_doc(caps, rounds=1), tmp_path / "one.png")
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_repeat_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="repeat"):
+        SubstringBench(Config(repeat=0))
+    with pytest.raises(TypeError, match="repeat"):
+        SubstringBench(Config(repeat=1.5))  # type: ignore[arg-type]
+    assert Config(quick=True, repeat=3).fractions == (0.7,)
+    assert len(Config(quick=True).fractions) == 3
+    from nrgloops.cli import main
+
+    assert main(["bench", "substring", "--repeat", "0", "--out", str(tmp_path)]) == 2

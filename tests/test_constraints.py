@@ -74,7 +74,7 @@ def test_a_window_under_three_updates_is_widened_with_a_warning() -> None:
 def test_attributes_and_repr(fake: FakeMeter) -> None:
     cap = PowerCap(45, window=0.2, meter=fake, domain="package-0")
     assert (cap.watts, cap.window, cap.meter, cap.domain) == (45.0, 0.2, fake, "package-0")
-    assert "45 W" in repr(cap) and "measured" in repr(cap)
+    assert "45 W" in repr(cap) and "simulated" in repr(cap)  # a fake meter's label
     budget = EnergyBudget(100, meter=fake)
     assert budget.joules == 100.0 and "100 J" in repr(budget)
 

@@ -29,7 +29,8 @@ def test_fake_meter_contract() -> None:
     de = r1.joules["package-0"] - r0.joules["package-0"]
     assert 40.0 * dt < de < 80.0 * dt
     assert f.watts == 80.0
-    assert FakeMeter(measured=False).label == "estimated"
+    # simulated, whatever `measured` says (it only picks the code paths exercised)
+    assert f.label == FakeMeter(measured=False).label == "simulated"
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
@@ -64,5 +65,34 @@ def test_c_errors_become_typed_exceptions() -> None:
         check(-errno.ENOENT, "opening /dev/cpu/0/msr", "modprobe msr")
     with pytest.raises(MeterUnavailable, match="Permission denied"):
         check(-errno.EACCES, "reading energy_uj")
-    with pytest.raises(NrgError, match="Invalid argument"):
+    # a bad argument is our error, not a source that is unavailable here
+    with pytest.raises(NrgError, match="Invalid argument") as e:
         check(-errno.EINVAL, "adding a channel")
+    assert type(e.value) is NrgError
+    # per-call words for one errno, and "unavailable" for any errno
+    with pytest.raises(NrgError, match="^x: 512 counters at most$") as e:
+        check(-errno.ENOSPC, "x", "ignored", reasons={errno.ENOSPC: "512 counters at most"})
+    assert type(e.value) is NrgError
+    with pytest.raises(MeterUnavailable, match="x: Invalid argument; the kernel refused"):
+        check(-errno.EINVAL, "x", "the kernel refused", unavailable=True)
+
+
+def test_constructors_give_one_errno_per_failure() -> None:
+    import errno
+
+    from nrgloops._ffi import ffi
+
+    out = ffi.new("nrg_source **")
+    assert lib.nrg_counters_new(out, 0, 0.0) == -errno.EINVAL  # no domain
+    assert lib.nrg_counters_new(out, lib.NRG_MAX_DOMAINS + 1, 0.0) == -errno.EINVAL
+    assert lib.nrg_counters_new(out, 1, -1.0) == -errno.EINVAL
+    assert lib.nrg_push_new(out, 0) == -errno.EINVAL
+    assert lib.nrg_fake_new(out, -1.0) == -errno.EINVAL
+    src = new_handle(lib.nrg_counters_new, 1, 0.0, what="counters")
+    assert lib.nrg_counters_add_file(src, b"/nonexistent", 0, 0, 1, 1.0, 0, 0) == -errno.ENOENT
+    assert lib.nrg_counters_add_file(src, b"/dev/null", 0, 0, 0, 1.0, 0, 0) == -errno.EINVAL
+
+
+def test_fake_meter_measured_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="measured"):
+        FakeMeter(measured="no")  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,11 +73,22 @@ def test_coefficients_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"watts_per_core": float("inf")}, ValueError, "watts_per_core"),
         ({"watts_per_core": "8"}, TypeError, "watts_per_core"),
         ({"scope": "galaxy"}, ValueError, "scope"),
+        ({"scope": ["system"]}, ValueError, "scope"),
+        ({"idle_watts": 10**400}, ValueError, "idle_watts"),  # not an OverflowError
+        ({"stat_path": 1}, TypeError, "stat_path"),  # never file descriptor 1
+        ({"stat_path": ""}, ValueError, "stat_path"),
     ],
 )
 def test_bad_coefficients(kwargs: dict[str, object], exc: type, word: str) -> None:
     with pytest.raises(exc, match=word):
         open_model(**kwargs)  # type: ignore[arg-type]
+
+
+def test_stat_path_may_be_a_pathlib_path(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 1000 0 0 0 0 0 0\n")
+    m = open_model(scope="system", stat_path=stat)
+    assert m.read().joules["package-0"] >= 0
 
 
 def test_open_meter_rejects_unknown_kind() -> None:

@@ -13,9 +13,10 @@ import pytest
 
 import nrgloops
 from nrgloops import MeterUnavailable, Sampler, open_meter
+from nrgloops._fakes import msr_tree as mt
+from nrgloops._ffi import lib
 from nrgloops.meters import msr as msr_mod
 from nrgloops.meters.msr import open_msr
-from tests.fakes import msr_tree as mt
 
 MOD32 = 2**32
 
@@ -74,8 +75,9 @@ def test_reserved_high_bits_are_ignored(shm: Path) -> None:
 def test_energy_status_unit_decoding(shm: Path, esu: int) -> None:
     tree = mt.intel_client(shm, esu=esu)
     m = open_msr(**tree.options())
-    tree.advance(0, mt.INTEL_PKG, 1000)
-    assert m.read().joules["package-0"] == pytest.approx(1000 * 2.0**-esu, rel=1e-12)
+    units = min(1000, int(40 * 2.0**esu))  # at most 40 J: within the reset bound
+    tree.advance(0, mt.INTEL_PKG, units)
+    assert m.read().joules["package-0"] == pytest.approx(units * 2.0**-esu, rel=1e-12)
 
 
 def test_atom_units_are_microjoule_powers(shm: Path) -> None:
@@ -161,14 +163,17 @@ def test_amd_package_and_summed_cores(shm: Path) -> None:
     chans["package-0"] = [(0, mt.AMD_PKG)]
     chans["package-1"] = [(tree.lead_cpu(1), mt.AMD_PKG)]
     before = {ca: tree.counter(*ca) for v in chans.values() for ca in v}
-    tree.advance(0, mt.AMD_PKG, 65536)
-    tree.advance(tree.lead_cpu(1), mt.AMD_PKG, 3 * 65536)
+    # (the lead CPU's core counter overlaps the package's bytes in the fake:
+    # it moves by the package's step << 8, so keep the steps small)
+    tree.advance(0, mt.AMD_PKG, 256)
+    tree.advance(tree.lead_cpu(1), mt.AMD_PKG, 3 * 256)
     for p in range(2):
         for c in tree.core_cpus(p)[1:]:
             tree.advance(c, mt.AMD_CORE, 1000 * (p + 1))
     r = m.read().joules
-    assert r["package-0"] == pytest.approx(1.0, rel=1e-12)
-    assert r["package-1"] == pytest.approx(3.0, rel=1e-12)
+    assert r["package-0"] == pytest.approx(256 * unit, rel=1e-12)
+    assert r["package-1"] == pytest.approx(768 * unit, rel=1e-12)
+    assert m.resets == 0
     for d in ("core-0", "core-1"):
         assert r[d] == pytest.approx(_expected_delta(tree, before, chans[d], unit), rel=1e-12)
     # the cores that are not a lead CPU are intact: 3 cores x 1000 x (p+1) units
@@ -182,12 +187,52 @@ def test_amd_package_and_summed_cores(shm: Path) -> None:
 
 
 def test_amd_too_many_domains_keeps_packages(shm: Path, caplog: pytest.LogCaptureFixture) -> None:
-    tree = mt.amd_epyc(shm, packages=9, cores=1, threads=1)
+    tree = mt.amd_epyc(shm, packages=33, cores=1, threads=1)  # 66 domains, 64 held
     with caplog.at_level(logging.WARNING, logger="nrgloops"):
         m = open_msr(**tree.options())
-    assert len(m.domains) == 16
-    assert all(f"package-{p}" in m.domains for p in range(9))
-    assert "dropping" in caplog.text
+    assert len(m.domains) == lib.NRG_MAX_DOMAINS == 64
+    assert all(f"package-{p}" in m.domains for p in range(33))
+    assert m.total_domains == tuple(f"package-{p}" for p in range(33))
+    assert "dropping core-31, core-32" in caplog.text
+    assert [s.split(":")[0] for s in m.skipped] == ["core-31", "core-32"]
+
+
+def test_more_packages_than_domains_is_refused(shm: Path) -> None:
+    tree = mt.amd_epyc(shm, packages=65, cores=1, threads=1)
+    with pytest.raises(MeterUnavailable, match="65 packages"):
+        open_msr(**tree.options())
+
+
+def test_fake_root_reads_nothing_of_this_machine(shm: Path) -> None:
+    """With a root of its own and cpus=, the meter needs no topology or
+    cpuinfo, and reads none of the real machine's (whose CPUs differ)."""
+    tree = mt.amd_epyc(shm, packages=1, cores=2, threads=1)
+    m = open_meter("msr", root=str(tree.root), cpus=[0], vendor="amd")
+    assert m.domains == ("package-0",)  # cores unknown without a topology: none summed
+    with pytest.raises(MeterUnavailable, match="vendor="):
+        open_msr(root=tree.root, cpus=[0])  # this machine's cpuinfo is not read
+    with pytest.raises(MeterUnavailable, match="sysfs="):
+        open_msr(root=tree.root, vendor="amd")  # nor its topology
+    # pathlib.Path wherever a path is taken
+    assert open_msr(root=tree.root, sysfs=tree.sysfs, cpuinfo=tree.cpuinfo).domains == (
+        "package-0",
+        "core-0",
+    )
+
+
+def test_amd_missing_core_file_keeps_the_package(shm: Path) -> None:
+    """A container that passes only /dev/cpu/0/msr: the package counter is
+    read, the cores' sum is left out (a partial sum would be a lie), and the
+    meter says which, without blaming the msr driver."""
+    tree = mt.amd_epyc(shm, packages=1, cores=4, threads=1)
+    for cpu in range(1, tree.ncpus):
+        os.remove(tree.path(cpu))
+    m = open_msr(**tree.options())
+    assert m.domains == ("package-0",)
+    assert len(m.skipped) == 1 and m.skipped[0].startswith("core-0: 3 of its 4 cores")
+    assert "modprobe" not in m.skipped[0] and "container" in m.skipped[0]
+    tree.advance(0, mt.AMD_PKG, 100)
+    assert m.read().joules["package-0"] == pytest.approx(100 * 2.0**-16)
 
 
 def test_cpuinfo_vendor_detection(shm: Path) -> None:
@@ -203,10 +248,19 @@ def test_cpuinfo_vendor_detection(shm: Path) -> None:
 
 def test_missing_msr_driver_says_modprobe(shm: Path) -> None:
     tree = mt.intel_client(shm)
-    os.remove(tree.path(0))
+    for cpu in range(tree.ncpus):
+        os.remove(tree.path(cpu))
     with pytest.raises(MeterUnavailable, match=r"modprobe msr") as e:
         open_msr(**tree.options())
     assert str(tree.path(0)) in str(e.value)
+
+
+def test_missing_lead_file_does_not_blame_the_driver(shm: Path) -> None:
+    tree = mt.intel_client(shm)
+    os.remove(tree.path(0))  # other CPUs' files are there: the driver is loaded
+    with pytest.raises(MeterUnavailable, match="container") as e:
+        open_msr(**tree.options())
+    assert "modprobe" not in str(e.value)
 
 
 def test_missing_root(shm: Path) -> None:
@@ -257,6 +311,12 @@ def test_no_topology_asks_for_cpus(shm: Path) -> None:
         ({"cpus": [0, 0]}, ValueError, "cpus"),
         ({"cpus": [0.5]}, TypeError, "cpus"),
         ({"model": "85"}, TypeError, "model"),
+        ({"model": 10**30}, ValueError, "model"),
+        ({"cpus": [10**30]}, ValueError, "cpus"),
+        ({"cpuinfo": 1}, TypeError, "cpuinfo"),  # open(1) would close stdout
+        ({"cpuinfo": True}, TypeError, "cpuinfo"),
+        ({"sysfs": 2}, TypeError, "sysfs"),
+        ({"root": 0}, TypeError, "root"),
     ],
 )
 def test_bad_arguments(shm: Path, kwargs: dict[str, object], exc: type, pattern: str) -> None:
@@ -307,7 +367,10 @@ def test_auto_falls_back_to_model_with_one_line_reason(
     lines = [r.getMessage() for r in caplog.records if r.name == "nrgloops"]
     assert len(lines) == 1, lines
     line = lines[0]
-    assert "\n" not in line and "ESTIMATED" in line
-    assert "msr:" in line and "modprobe msr" in line
-    assert "powercap:" in line and "/sys/class/powercap" in line
-    assert "perf:" in line and "/sys/bus/event_source/devices/power" in line
+    assert "\n" not in line and "ESTIMATED" in line and "nrgloops info" in line
+    assert len(line) < 120  # one short line; the details are in fallback_reason
+    why = m.fallback_reason or ""
+    assert "msr:" in why and "modprobe msr" in why
+    assert "powercap:" in why and "/sys/class/powercap" in why
+    assert "perf:" in why and "/sys/bus/event_source/devices/power" in why
+    assert " -- " not in m.description  # the reason is a field, not a suffix

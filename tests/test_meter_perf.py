@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from nrgloops import MeterUnavailable
+from nrgloops._fakes import msr_tree as mt
 from nrgloops._ffi import ffi, lib
 from nrgloops.meters.perf import DEFAULT_ROOT, open_perf, read_pmu
-from tests.fakes import msr_tree as mt
 
 SCALE = "2.3283064365386962890625e-10"
 PERF_TYPE_SOFTWARE = 1
@@ -68,7 +68,7 @@ def fake_pmu(
 
 def _perf_works() -> bool:
     out = ffi.new("nrg_source **")
-    if lib.nrg_counters_new(out, 1) < 0:
+    if lib.nrg_counters_new(out, 1, 0.0) < 0:
         return False
     src = ffi.gc(out[0], lib.nrg_source_free)
     return bool(lib.nrg_counters_add_perf(src, PERF_TYPE_SOFTWARE, SW_CPU_CLOCK, 0, 1e-9, 0) == 0)
@@ -197,3 +197,34 @@ def test_paranoid_refusal_gives_the_fix() -> None:
 def test_bad_settle(shm: Path, settle: object, exc: type) -> None:
     with pytest.raises(exc, match="settle"):
         open_perf(fake_pmu(shm), settle=settle)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"pmu_type": 2**40}, "not a perf type"),
+        ({"pmu_type": -3}, "not a perf type"),
+        ({"cpumask": "0,99999999999"}, "out of range"),
+        ({"scale": "inf"}, "no energy event"),
+        ({"scale": "nan"}, "no energy event"),
+        ({"fmt": "config:0-70"}, "no energy event"),
+        ({"events": {"energy-pkg": "event=0x1" + "0" * 30}}, "no energy event"),
+    ],
+)
+def test_out_of_range_pmu_files_are_unavailable(
+    shm: Path, kwargs: dict[str, object], pattern: str
+) -> None:
+    """Values the kernel never writes: a MeterUnavailable (so that auto falls
+    back), never an OverflowError from the C call."""
+    root = fake_pmu(shm, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(MeterUnavailable, match=pattern):
+        open_perf(root)
+
+
+def test_perf_arguments(shm: Path) -> None:
+    with pytest.raises(ValueError, match="settle"):
+        open_perf(fake_pmu(shm), settle=10**400)
+    with pytest.raises(TypeError, match="root"):
+        open_perf(1)  # type: ignore[arg-type]
+    with pytest.raises(MeterUnavailable, match="does not exist"):
+        open_perf(shm / "absent")  # a pathlib.Path is taken

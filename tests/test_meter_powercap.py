@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from nrgloops import MeterUnavailable, NrgError, Sampler, open_meter
-from nrgloops.meters.powercap import open_powercap, wrap_modulus_uj
-from tests.fakes import msr_tree as mt
-from tests.fakes import powercap_tree as pt
+from nrgloops._fakes import msr_tree as mt
+from nrgloops._fakes import powercap_tree as pt
+from nrgloops.meters.powercap import open_powercap, wrap_modulus_nj
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_client_zones_and_symlinks(shm: Path) -> None:
     # energy_uj is floored to whole uJ: each reading within 1 uJ
     assert r == pytest.approx({d: uj * 1e-6 for d, uj in want.items()}, abs=1e-6)
     assert r["package-0"] == pytest.approx(2.5, abs=61e-6)  # the nearest whole unit
-    assert m.max_period == pytest.approx(wrap_modulus_uj(pt.CLIENT_RANGE_UJ) * 1e-6 / 2000)
+    assert m.max_period == pytest.approx(wrap_modulus_nj(pt.CLIENT_RANGE_UJ) * 1e-9 / 2000)
 
 
 def test_server_two_sockets_with_dram(shm: Path) -> None:
@@ -55,7 +55,7 @@ def test_server_two_sockets_with_dram(shm: Path) -> None:
     r = m.read().joules
     assert sum(r[d] for d in m.total_domains) == pytest.approx(pkg_uj * 1e-6, abs=2e-6)
     assert r["dram-1"] == pytest.approx(dram_uj * 1e-6, abs=1e-6)
-    assert m.max_period == pytest.approx(wrap_modulus_uj(pt.DRAM_RANGE_UJ) * 1e-6 / 2000)
+    assert m.max_period == pytest.approx(wrap_modulus_nj(pt.DRAM_RANGE_UJ) * 1e-9 / 2000)
 
 
 def test_root_may_be_a_control_type_directory(shm: Path) -> None:
@@ -169,9 +169,87 @@ def test_readable_energy_uj_opens_as_user() -> None:
     assert out == "ok"
 
 
-def test_unparsable_energy(shm: Path) -> None:
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("max_energy_range_uj", "lots"),
+        ("max_energy_range_uj", str(10**30)),  # was an OverflowError in the C call
+        ("max_energy_range_uj", "0"),
+        ("max_energy_range_uj", "-5"),
+        ("energy_uj", "many"),
+        ("energy_uj", str(2**70)),
+        ("energy_uj", str(pt.CLIENT_RANGE_UJ + 100)),  # past the counter's range
+    ],
+)
+def test_malformed_files_make_the_meter_unavailable(shm: Path, file: str, text: str) -> None:
+    """sysfs values the kernel never writes: MeterUnavailable (auto then
+    falls back), naming the file, never another exception."""
     tree = pt.PowercapTree(shm)
     tree.add_zone("intel-rapl:0", "package-0", 1)
-    (tree.paths["intel-rapl:0"] / "max_energy_range_uj").write_text("lots\n")
-    with pytest.raises(NrgError, match="max_energy_range_uj"):
+    (tree.paths["intel-rapl:0"] / file).write_text(text + "\n")
+    with pytest.raises(MeterUnavailable, match=file):
         open_powercap(tree.root)
+
+
+def test_auto_falls_back_on_any_nrgloops_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nrgloops.meters as meters
+
+    def broken(**_: object) -> None:
+        raise NrgError("reads nonsense")
+
+    real = meters._opener
+    monkeypatch.setattr(
+        meters, "_opener", lambda kind: broken if kind in meters._AUTO_ORDER else real(kind)
+    )
+    m = open_meter("auto")
+    assert m.kind == "model" and "msr: reads nonsense" in (m.fallback_reason or "")
+
+
+def test_subzones_root_only_use_the_readable_package() -> None:
+    """The common `chmod a+r intel-rapl:0/energy_uj`: the package is read,
+    the root-only subzones and psys are listed as skipped."""
+    d = mt.shared_tmpdir()
+    try:
+        tree = pt.client(d, mmio=False)
+        os.chmod(tree.paths["intel-rapl:0"] / "energy_uj", 0o444)
+
+        def check() -> None:
+            m = open_powercap(tree.root)
+            assert m.domains == ("package-0",), m.domains
+            assert [s.split(":")[0] for s in m.skipped] == ["core-0", "uncore-0", "psys"]
+            assert all("Permission denied" in s for s in m.skipped)
+
+        out = mt.run_as_nobody(check)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert out == "ok", out
+
+
+def test_many_zones_keep_every_package(shm: Path) -> None:
+    """Twenty packages with DRAM (40 zones): none cut, the total has every
+    package (the old limit of 16 dropped packages silently)."""
+    tree = pt.server(shm, packages=20)
+    m = open_powercap(tree.root)
+    assert len(m.domains) == 40 and not m.skipped
+    assert m.total_domains == tuple(f"package-{p}" for p in range(20))
+    want = sum(tree.advance(f"intel-rapl:{p}", 1000 * (p + 1)) for p in range(20))
+    r = m.read().joules
+    assert sum(r[d] for d in m.total_domains) == pytest.approx(want * 1e-6, abs=20e-6)
+
+
+def test_mmio_beside_multi_die_package_is_not_counted_twice(shm: Path) -> None:
+    tree = pt.PowercapTree(shm)
+    tree.add_zone("intel-rapl:0", "package-0-die-0", 1)
+    tree.add_zone("intel-rapl:1", "package-0-die-1", 1)
+    tree.add_zone("intel-rapl-mmio:0", "package-0", 1)  # the same package, once more
+    m = open_powercap(tree.root)
+    assert m.domains == ("package-0-die-0", "package-0-die-1")
+    assert m.total_domains == m.domains
+    assert len(m.skipped) == 1 and "intel-rapl-mmio:0" in m.skipped[0]
+
+
+def test_paths_are_checked(shm: Path) -> None:
+    with pytest.raises(TypeError, match="root"):
+        open_powercap(3)  # type: ignore[arg-type]
+    tree = pt.server(shm, packages=1)
+    assert open_powercap(tree.root).domains == ("package-0", "dram-0")  # a pathlib.Path

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from nrgloops import MeterUnavailable, Sampler
+from nrgloops._fakes import msr_tree as mt
+from nrgloops._fakes import powercap_tree as pt
 from nrgloops.meters import pyrapl as mod
 from nrgloops.meters.pyrapl import PyRaplMeter, open_pyrapl
-from tests.fakes import msr_tree as mt
-from tests.fakes import powercap_tree as pt
 
 try:
     mod._import_pyrapl()

@@ -80,12 +80,62 @@ def test_json_round_trip(fake: FakeMeter) -> None:
 def test_csv_round_trip(fake: FakeMeter, tmp_path: Path) -> None:
     for i, r in enumerate((adapted_report(fake), synthetic())):
         path = tmp_path / f"r{i}.csv"
-        r.to_csv(path)
+        side = r.to_csv(path)
+        assert side == tmp_path / f"r{i}.csv.json"
         lines = path.read_text().splitlines()
-        assert lines[0].startswith("# nrgloops report ")
-        assert lines[1] == "time_s,power_w,value"
-        assert len(lines) == 2 + len(r.timeline)
+        assert lines[0] == f"time_s,power_w,{r.value_column()},label"
+        assert len(lines) == 1 + len(r.timeline)
+        assert json.loads(side.read_text())["label"] == r.label
         assert Report.from_csv(path) == r
+
+
+def test_pandas_reads_the_csv_as_it_is(fake: FakeMeter, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    for i, r in enumerate((adapted_report(fake), synthetic())):
+        path = tmp_path / f"r{i}.csv"
+        r.to_csv(path)
+        df = pd.read_csv(path)
+        assert list(df.columns) == ["time_s", "power_w", r.value_column(), "label"]
+        assert len(df) == len(r.timeline)
+        assert df["time_s"].dtype.kind == "f" and df["power_w"].dtype.kind == "f"
+        assert list(df["time_s"]) == [p[0] for p in r.timeline]
+        assert (df["label"] == r.label).all()
+        # the same frame as to_pandas gives, summary included
+        mem = r.to_pandas()
+        assert list(mem.columns) == list(df.columns) and len(mem) == len(df)
+        assert list(mem["power_w"]) == pytest.approx(list(df["power_w"]), nan_ok=True)
+        assert mem.attrs["report"]["label"] == r.label
+        assert mem.attrs["report"]["iterations_adapt"] == r.iterations["adapt"]
+
+
+def test_summary_frame_is_one_flat_row() -> None:
+    pd = pytest.importorskip("pandas")
+    r = synthetic()
+    df = r.to_pandas("summary")
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["energy_j"] == 60.25 and row["label"] == "estimated"
+    assert row["iterations_alternate"] == 1 and row["knob_policy"] == "pi"
+    frame = pd.concat([df, dataclasses.replace(r, name="other").to_pandas("summary")])
+    assert list(frame["name"]) == ["search", "other"]
+    with pytest.raises(ValueError, match="what must be"):
+        r.to_pandas("everything")
+
+
+def test_timeline_table() -> None:
+    r = synthetic()
+    text = r.timeline_table()
+    lines = text.splitlines()
+    assert lines[0].split() == ["time", "s", "power", "W", "knob", "level"]
+    assert lines[2].split() == ["0.100", "44.5", "4"] and lines[4].split() == ["0.300", "40"]
+    assert "power estimated, 0.1 s windows; 4 of 4 points" in lines[-1]
+    long = dataclasses.replace(r, timeline=[(i * 0.1, 40.0, 2) for i in range(100)])
+    short = long.timeline_table(max_rows=5).splitlines()
+    assert len(short) == 1 + 5 + 1 and short[-2].split()[0] == "9.900"
+    with pytest.raises(ValueError, match="max_rows"):
+        r.timeline_table(max_rows=1)
+    with pytest.raises(TypeError, match="max_rows"):
+        r.timeline_table(max_rows=2.5)  # type: ignore[arg-type]
 
 
 def test_from_csv_rejects_other_files(tmp_path: Path) -> None:
@@ -93,6 +143,11 @@ def test_from_csv_rejects_other_files(tmp_path: Path) -> None:
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a CSV written by Report.to_csv"):
         Report.from_csv(path)
+    (tmp_path / "x.csv.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not the summary"):
+        Report.from_csv(path)
+    with pytest.raises(TypeError, match="path"):
+        synthetic().to_csv(3)  # type: ignore[arg-type]
 
 
 def test_to_dict_has_every_field() -> None:
@@ -163,7 +218,7 @@ def test_missing_figures_are_null_in_json_and_csv_and_n_a_in_text(tmp_path: Path
     assert back.over_cap_fraction is not None and math.isnan(back.over_cap_fraction)
     path = tmp_path / "r.csv"
     r.to_csv(path)
-    json.loads(path.read_text().splitlines()[0][len("# nrgloops report ") :], parse_constant=reject)
+    json.loads((tmp_path / "r.csv.json").read_text(), parse_constant=reject)
     assert math.isnan(Report.from_csv(path).avg_power_w)
     s = str(r)
     assert "energy n/a" in s and "average n/a, peak n/a" in s and "over it n/a" in s
@@ -217,7 +272,7 @@ def test_snapshot_while_running_then_final(fake: FakeMeter) -> None:
     with nrg_adapt(PowerCap(1e6, meter=fake), knob=knob) as loop:
         for _ in range(10):
             loop.step()
-        time.sleep(0.01)
+        time.sleep(0.05)  # several sampler rows even when the sampler thread is late (a loaded CI)
         snap = loop.report
         assert snap.running and snap.iterations["adapt"] == 10
         assert "(running)" in str(snap)

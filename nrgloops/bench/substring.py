@@ -58,6 +58,7 @@ __all__ = [
     "SubstringBench",
     "cap_warnings",
     "check_caps",
+    "figure",
     "format_table",
     "parse_caps",
     "plot",
@@ -77,6 +78,9 @@ COLUMNS = (
     "time_rel",
     "measured",
     "meter",
+    "repeat",
+    "background_cpus",
+    "disturbed",
 )
 MODES = ("uncapped", "nrgloops", "governor")
 BUSY_WARN_CPUS = 0.15  # other programs' load worth a warning, in CPUs
@@ -84,6 +88,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Caps between the idle and the uncapped power, as fractions of that span.
 QUICK_FRACTIONS = (0.55, 0.7, 0.85)
+QUICK_REPEAT_FRACTIONS = (0.7,)  # --quick --repeat N: one cap N times keeps to about a minute
 FULL_FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -173,6 +178,7 @@ class Config:
     target_s: float | None = None  # seconds the uncapped run should last (4 quick, 15)
     idle_s: float | None = None  # seconds of idle measurement (1 quick, 3)
     window: float | None = None  # power window, s (default: the meter's)
+    repeat: int = 1  # rounds of the whole sweep (uncapped and every cap)
 
     def validate(self) -> None:
         if self.caps is not None:
@@ -200,6 +206,7 @@ class Config:
                 f"needs about 3x that while it is built, more than the "
                 f"{free / (1 << 20):.0f} MiB available here (MemAvailable), got {self.size_mb!r}"
             )
+        _checks.count("repeat", self.repeat, lo=1, hi=100, what="a number of rounds")
 
     @property
     def size_bytes(self) -> int:
@@ -216,7 +223,9 @@ class Config:
 
     @property
     def fractions(self) -> Sequence[float]:
-        return QUICK_FRACTIONS if self.quick else FULL_FRACTIONS
+        if self.quick:
+            return QUICK_REPEAT_FRACTIONS if self.repeat > 1 else QUICK_FRACTIONS
+        return FULL_FRACTIONS
 
 
 @dataclass
@@ -235,6 +244,9 @@ class Row:
     measured: bool
     meter: str
     details: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0  # the round (0, 1, ...)
+    background_cpus: float = math.nan  # CPUs other programs kept busy meanwhile
+    disturbed: bool = False  # background_cpus over BUSY_WARN_CPUS: their power is in the figures
 
     def values(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in COLUMNS}
@@ -382,6 +394,7 @@ class SubstringBench:
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self._done = _Counter()
         self._base: Row | None = None
+        self._round = 0
 
     # -- pieces --------------------------------------------------------------
     def _label(self) -> str:
@@ -405,6 +418,9 @@ class SubstringBench:
             meter=self.meter.kind,
             details=details,
         )
+        row.repeat = self._round
+        row.background_cpus = m.background_cpus
+        row.disturbed = m.background_cpus > BUSY_WARN_CPUS
         self.rows.append(row)
         over = "" if row.over_cap_fraction is None else f", over cap {row.over_cap_fraction:.0%}"
         self.log(
@@ -500,7 +516,7 @@ class SubstringBench:
         gov = self.governor.name if self.governor else "none"
         self.log(
             f"nrgloops bench substring: {self.cores} cores, meter {self.meter.kind} "
-            f"({self._label()}: {self.meter.description.split(' -- ')[0]}), governor {gov}"
+            f"({self._label()}: {self.meter.description}), governor {gov}"
         )
         if self.governor is None:
             self.log(f"  {self.governor_why}: the governor rows are left out")
@@ -527,44 +543,58 @@ class SubstringBench:
                 f"[corpus] {len(corpus) / (1 << 20):.0f} MiB, {n} strings "
                 f"(uncapped run ~{cfg.target:g} s)"
             )
-            # 3. uncapped
-            self.log("[uncapped] all cores, no cap")
-            with self._measure(sampler, "uncapped", None, n) as m:
-                total = _search_all(corpus, patterns, self.cores, self._done)
-            self._base = self._row("uncapped", None, m, {"matches": total})
-            self.corpus_info["matches"] = total
-            span = self._base.avg_power_w - self.idle_w
-            if self.governor is not None and span > 0:
-                # The governor's model, from what we just measured.
-                self.governor = self.governor.with_model(
-                    idle_w=self.idle_w, watts_per_cpu=span / self.cores
-                )
-            # 4. the caps
-            if not self.caps:
-                self.caps = sweep_caps(self.idle_w, self._base.avg_power_w, cfg.fractions)
-            if self.governor is not None:
-                _check_governor_caps(self.governor, self.caps)
-            knob = thread_knob(self.cores, cfg.policy)
-            for line in cap_warnings(
-                self.caps, self.idle_w, self._base.avg_power_w, self.cores, knob
-            ):
-                self.log(f"  warning: {line}")
+            # 3. uncapped, then the caps: ``repeat`` rounds of both, each
+            # round's ratios against its own uncapped run
             modes = ["nrgloops"] + (["governor"] if self.governor is not None else [])
-            runs = len(self.caps) * len(modes)
+            expected: int | None = None
             k = 0
-            for cap in self.caps:
-                for mode in modes:
-                    k += 1
-                    self.log(f"[{k}/{runs}] {mode} at a cap of {cap:g} W")
-                    if mode == "nrgloops":
-                        row = self._run_nrgloops(sampler, corpus, patterns, cap)
-                    else:
-                        row = self._run_governor(sampler, corpus, patterns, cap)
-                    if row.details.get("matches") != total:
-                        raise RuntimeError(
-                            f"{mode} at {cap:g} W found {row.details.get('matches')} matches, "
-                            f"uncapped found {total}: the runs did different work"
-                        )
+            for rnd in range(cfg.repeat):
+                self._round = rnd
+                tag = f" (round {rnd + 1}/{cfg.repeat})" if cfg.repeat > 1 else ""
+                self.log(f"[uncapped] all cores, no cap{tag}")
+                self._base = None
+                with self._measure(sampler, "uncapped", None, n) as m:
+                    total = _search_all(corpus, patterns, self.cores, self._done)
+                self._base = self._row("uncapped", None, m, {"matches": total})
+                if expected is None:
+                    expected = total
+                    self.corpus_info["matches"] = total
+                    self._first_round_done(self._base)
+                elif total != expected:
+                    raise RuntimeError(
+                        f"uncapped round {rnd + 1} found {total} matches, the first {expected}"
+                    )
+                runs = len(self.caps) * len(modes) * cfg.repeat
+                for cap in self.caps:
+                    for mode in modes:
+                        k += 1
+                        self.log(f"[{k}/{runs}] {mode} at a cap of {cap:g} W{tag}")
+                        if mode == "nrgloops":
+                            row = self._run_nrgloops(sampler, corpus, patterns, cap)
+                        else:
+                            row = self._run_governor(sampler, corpus, patterns, cap)
+                        if row.details.get("matches") != total:
+                            raise RuntimeError(
+                                f"{mode} at {cap:g} W found {row.details.get('matches')} "
+                                f"matches, uncapped found {total}: the runs did different work"
+                            )
+
+    def _first_round_done(self, base: Row) -> None:
+        """After the first uncapped run: the governor's model, and the caps."""
+        assert self.idle_w is not None
+        span = base.avg_power_w - self.idle_w
+        if self.governor is not None and span > 0:
+            # The governor's model, from what we just measured.
+            self.governor = self.governor.with_model(
+                idle_w=self.idle_w, watts_per_cpu=span / self.cores
+            )
+        if not self.caps:
+            self.caps = sweep_caps(self.idle_w, base.avg_power_w, self.config.fractions)
+        if self.governor is not None:
+            _check_governor_caps(self.governor, self.caps)
+        knob = thread_knob(self.cores, self.config.policy)
+        for line in cap_warnings(self.caps, self.idle_w, base.avg_power_w, self.cores, knob):
+            self.log(f"  warning: {line}")
 
     # -- results ---------------------------------------------------------------
     def document(self, interrupted: bool = False) -> dict[str, Any]:
@@ -583,6 +613,7 @@ class SubstringBench:
                 "measured": self.meter.measured,
                 "label": self.meter.label,
                 "description": self.meter.description,
+                "fallback_reason": self.meter.fallback_reason,
                 "window_s": self.window,
             },
             "governor": {
@@ -659,30 +690,94 @@ def _csv_value(v: Any) -> Any:
     return v
 
 
+def _median(xs: Sequence[float]) -> float:
+    v = sorted(x for x in xs if math.isfinite(x))
+    if not v:
+        return math.nan
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def _order(r: Row) -> tuple[bool, float, int, int]:
+    return (r.cap_w is not None, r.cap_w or 0.0, MODES.index(r.mode), r.repeat)
+
+
 def format_table(rows: Sequence[Row], meter: Meter) -> str:
-    """The rows as a text table, units in the header, measured/estimated said."""
+    """The rows as a text table, units in the header, measured/estimated said;
+    runs other programs disturbed are flagged, and with several rounds the
+    median and range of each (mode, cap) follow."""
+    rounds = 1 + max((r.repeat for r in rows), default=0)
     head = (
-        f"{'mode':<9}{'cap W':>7}{'avg W':>8}{'peak W':>8}{'over cap':>9}{'energy J':>10}"
-        f"{'E/uncap':>8}{'time s':>8}{'t/uncap':>8}"
+        f"{'mode':<9}{'cap W':>7}{'round':>6}{'avg W':>8}{'peak W':>8}{'over cap':>9}"
+        f"{'energy J':>10}{'E/uncap':>8}{'time s':>8}{'t/uncap':>8}{'load':>6}"
     )
     lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: (r.cap_w is not None, r.cap_w or 0.0, MODES.index(r.mode))):
+    for r in sorted(rows, key=_order):
         over = "" if r.over_cap_fraction is None else f"{r.over_cap_fraction:.0%}"
         cap = "" if r.cap_w is None else f"{r.cap_w:g}"
+        load = "" if not math.isfinite(r.background_cpus) else f"{r.background_cpus:.2f}"
         lines.append(
-            f"{r.mode:<9}{cap:>7}{r.avg_power_w:>8.2f}{r.peak_power_w:>8.2f}{over:>9}"
-            f"{r.energy_j:>10.1f}{r.energy_rel:>8.2f}{r.time_s:>8.2f}{r.time_rel:>8.2f}"
+            f"{r.mode:<9}{cap:>7}{r.repeat + 1:>6}{r.avg_power_w:>8.2f}{r.peak_power_w:>8.2f}"
+            f"{over:>9}{r.energy_j:>10.1f}{r.energy_rel:>8.2f}{r.time_s:>8.2f}{r.time_rel:>8.2f}"
+            f"{load:>6}{' *' if r.disturbed else ''}"
         )
+    if any(r.disturbed for r in rows):
+        lines.append(
+            f"* disturbed: other programs kept more than {BUSY_WARN_CPUS:g} CPUs busy (load, "
+            "in CPUs) during the run; a meter of the whole machine counts their power too"
+        )
+    if rounds > 1:
+        lines.append("")
+        lines.append(f"over {rounds} rounds: median [min - max]")
+        keys = {(r.mode, r.cap_w) for r in rows}
+        for key in sorted(keys, key=lambda k: (k[1] is not None, k[1] or 0.0, MODES.index(k[0]))):
+            group = [r for r in rows if (r.mode, r.cap_w) == key]
+            parts = []
+            for name, unit, attr in (
+                ("energy", " J", "energy_j"),
+                ("E/uncap", "", "energy_rel"),
+                ("time", " s", "time_s"),
+            ):
+                v = [getattr(r, attr) for r in group]
+                parts.append(f"{name} {_median(v):.3g} [{min(v):.3g} - {max(v):.3g}]{unit}")
+            cap = _cap_text(key[1])
+            n_bad = sum(r.disturbed for r in group)
+            flag = f", {n_bad} disturbed" if n_bad else ""
+            lines.append(f"  {key[0]:<9}{cap:>8}: {'; '.join(parts)} ({len(group)} runs{flag})")
     lines.append(
-        f"powers and energies {meter.label.upper()} by the {meter.kind} meter"
-        f" ({meter.description.split(' -- ')[0]})"
+        f"powers and energies {meter.label.upper()} by the {meter.kind} meter ({meter.description})"
     )
     return "\n".join(lines)
 
 
+def _stats(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the finite values; NaNs when there are none."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return (math.nan, math.nan, math.nan)
+    return (_median(v), min(v), max(v))
+
+
 def plot(doc: dict[str, Any], path: str | Path) -> None:
+    """Draw ``figure(doc)`` into ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(doc)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def figure(doc: dict[str, Any]) -> Any:
     """The paper-style figure: energy relative to uncapped against the cap,
-    one line per mode; and the achieved power against the cap."""
+    and the achieved power against the cap, one line per mode.
+
+    Each point is the median over the rounds with a bar from the smallest to
+    the largest run; every run is also drawn, those other programs disturbed
+    as crosses.  Both axes start at zero (a ratio and a power: zooming in
+    would make noise look like a trend); each cap is drawn as a short black
+    bar at its own height, so a single cap shows too; the legends sit under
+    the plots, off the data.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -690,64 +785,113 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
 
     rows = doc["rows"]
     machine, meter = doc["machine"], doc["meter"]
-    fig, (ax_e, ax_p) = plt.subplots(1, 2, figsize=(11, 4.4))
+    rounds = 1 + max((int(r.get("repeat") or 0) for r in rows), default=0)
+    fig, (ax_e, ax_p) = plt.subplots(1, 2, figsize=(11, 4.6))
     styles = {"nrgloops": ("tab:green", "o"), "governor": ("tab:red", "s")}
     gov = doc["governor"]["kind"] or "none"
     names = {"nrgloops": "NRG-loop (thread ramp)", "governor": f"system governor ({gov})"}
     caps_all = sorted({r["cap_w"] for r in rows if r["cap_w"] is not None})
-    for mode, (color, marker) in styles.items():
-        pts = sorted((r["cap_w"], r) for r in rows if r["mode"] == mode)
-        if not pts:
+    span = (caps_all[-1] - caps_all[0]) if len(caps_all) > 1 else 0.0
+    width = max(span, caps_all[0] if caps_all else 1.0) * 0.04  # half-width of a cap's bar
+    spread = "median, bars min-max" if rounds > 1 else "one run each"
+    tops = [1.0]
+    ptops: list[float] = []
+    disturbed_drawn: set[Any] = set()  # the axes whose legend has the cross already
+    for k, (mode, (color, marker)) in enumerate(styles.items()):
+        caps = sorted({r["cap_w"] for r in rows if r["mode"] == mode and r["cap_w"] is not None})
+        if not caps:
             continue
-        x = [c for c, _ in pts]
-        ax_e.plot(
-            x, [r["energy_rel"] for _, r in pts], marker=marker, color=color, label=names[mode]
-        )
-        ax_p.plot(
-            x,
-            [r["avg_power_w"] for _, r in pts],
-            marker=marker,
-            color=color,
-            label=f"{names[mode]}: average",
-        )
-        ax_p.plot(
-            x,
-            [r["peak_power_w"] for _, r in pts],
-            marker=marker,
-            color=color,
-            linestyle=":",
-            fillstyle="none",
-            label=f"{names[mode]}: peak ({meter['window_s']:g} s window)",
-        )
+        dx = (k - 0.5) * width * 0.5  # the modes side by side at a cap
+        for ax, key, what in (
+            (ax_e, "energy_rel", ""),
+            (ax_p, "avg_power_w", ": average"),
+            (ax_p, "peak_power_w", f": peak ({meter['window_s']:g} s window)"),
+        ):
+            med, lo, hi = [], [], []
+            for c in caps:
+                group = [r for r in rows if r["mode"] == mode and r["cap_w"] == c]
+                m, a, b = _stats([r[key] for r in group])
+                med.append(m)
+                lo.append(m - a)
+                hi.append(b - m)
+                for r in group:
+                    v = r[key]
+                    if v is None or not math.isfinite(v):
+                        continue
+                    bad = bool(r.get("disturbed"))
+                    ax.plot(
+                        c + dx,
+                        v,
+                        marker="x" if bad else marker,
+                        color="black" if bad else color,
+                        markersize=6 if bad else 3,
+                        alpha=0.9 if bad else 0.35,
+                        linestyle="none",
+                        label="disturbed run" if bad and ax not in disturbed_drawn else None,
+                    )
+                    if bad:
+                        disturbed_drawn.add(ax)
+                    (tops if ax is ax_e else ptops).append(v)
+            peak = key == "peak_power_w"
+            ax.errorbar(
+                [c + dx for c in caps],
+                med,
+                yerr=[lo, hi] if rounds > 1 else None,
+                marker=marker,
+                color=color,
+                linestyle=":" if peak else "-",
+                fillstyle="none" if peak else "full",
+                capsize=3,
+                label=f"{names[mode]}{what}",
+            )
     base = [r for r in rows if r["mode"] == "uncapped"]
-    ax_e.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uncapped")
-    if caps_all:
-        span = [min(caps_all), max(caps_all)]
-        ax_p.plot(span, span, color="black", linestyle="--", linewidth=1, label="cap")
     if base:
-        ax_p.axhline(
-            base[0]["avg_power_w"],
-            color="gray",
-            linestyle="--",
-            linewidth=1,
-            label="uncapped average",
+        m, a, b = _stats([r["energy_j"] for r in base])
+        if rounds > 1 and m > 0:
+            ax_e.axhspan(a / m, b / m, color="gray", alpha=0.15, label="uncapped runs, min-max")
+        pm, pa, pb = _stats([r["avg_power_w"] for r in base])
+        ax_p.axhline(pm, color="gray", linestyle="--", linewidth=1, label="uncapped average")
+        if rounds > 1:
+            ax_p.axhspan(pa, pb, color="gray", alpha=0.15)
+        ptops.append(pb)
+    ax_e.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="uncapped")
+    if caps_all:  # a bar at each cap's height: visible for one cap as for many
+        ax_p.hlines(
+            caps_all,
+            [c - width for c in caps_all],
+            [c + width for c in caps_all],
+            color="black",
+            linewidth=2.5,
+            label="the cap",
         )
+        ptops += caps_all
     if doc.get("idle_w"):
         ax_p.axhline(doc["idle_w"], color="gray", linestyle=":", linewidth=1, label="idle")
     label = meter["label"]
-    ax_e.set_xlabel("soft power cap (W)")
-    ax_e.set_ylabel("energy relative to uncapped")
-    ax_e.set_title(f"energy ({label})")
-    ax_p.set_xlabel("soft power cap (W)")
-    ax_p.set_ylabel(f"power (W, {label})")
-    ax_p.set_title(f"achieved power ({label})")
     for ax in (ax_e, ax_p):
+        ax.set_xlabel("soft power cap (W)")
+        if caps_all:
+            ax.set_xticks(caps_all)
+            ax.set_xlim(caps_all[0] - 3 * width, caps_all[-1] + 3 * width)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.legend(
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.16),
+                ncol=2,
+                fontsize=7,
+                frameon=False,
+            )
+    ax_e.set_ylim(0, max(t for t in tops if math.isfinite(t)) * 1.12)
+    ax_p.set_ylim(0, max([t for t in ptops if math.isfinite(t)] or [1.0]) * 1.12)
+    ax_e.set_ylabel("energy relative to uncapped (same round)")
+    ax_e.set_title(f"energy ({label}; {spread})", fontsize=10)
+    ax_p.set_ylabel(f"power (W, {label})")
+    ax_p.set_title(f"achieved power ({label}; {spread})", fontsize=10)
     title = (
         f"Substring search on {machine['cpu_model']} ({machine['cores']} cores), "
-        f"{meter['kind']} meter"
+        f"{meter['kind']} meter, {rounds} round{'s' if rounds > 1 else ''}"
     )
     if not meter["measured"]:
         title += " — power ESTIMATED, not measured"
@@ -756,18 +900,21 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
     fig.suptitle(title, fontsize=11)
     notes = []
     if doc.get("idle_w") is not None and base:
-        notes.append(
-            f"idle {doc['idle_w']:.1f} W, uncapped {base[0]['avg_power_w']:.1f} W "
-            f"in {base[0]['time_s']:.1f} s; {meter['description'].split(' -- ')[0]}"
+        base_w, base_s = (
+            _stats([r["avg_power_w"] for r in base]),
+            _stats([r["time_s"] for r in base]),
         )
-    busy = [r["details"].get("background_cpus") or 0.0 for r in rows if "details" in r]
-    if busy and max(busy) > BUSY_WARN_CPUS:
         notes.append(
-            f"other programs kept up to {max(busy):.2f} CPUs busy during the runs: "
-            "their power is in these figures"
+            f"idle {doc['idle_w']:.1f} W, uncapped {base_w[0]:.1f} W in {base_s[0]:.1f} s; "
+            f"{meter['description']}"
+        )
+    disturbed = [r for r in rows if r.get("disturbed")]
+    if disturbed:
+        notes.append(
+            f"{len(disturbed)} of {len(rows)} runs disturbed (crosses): other programs kept more "
+            f"than {BUSY_WARN_CPUS:g} CPUs busy, and the whole-machine meter counts their power too"
         )
     if notes:
-        fig.text(0.5, 0.01, "\n".join(notes), ha="center", va="bottom", fontsize=8, color="dimgray")
-    fig.tight_layout(rect=(0, 0.03 * len(notes), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        fig.text(0.5, -0.02, "\n".join(notes), ha="center", va="top", fontsize=8, color="dimgray")
+    fig.tight_layout()
+    return fig

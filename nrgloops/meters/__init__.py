@@ -2,7 +2,8 @@
 
 ``open_meter("auto")`` tries msr, then powercap, then perf, and falls back to
 the model meter, which *estimates*; the first time it falls back it logs one
-line saying which sources were refused and why.
+short line, and the meter's ``fallback_reason`` (shown by ``nrgloops info``)
+says which sources were refused and why.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from nrgloops._errors import MeterUnavailable
+from nrgloops._errors import NrgError
 from nrgloops.meters._base import Meter, Reading
 
 __all__ = ["KINDS", "Meter", "Reading", "open_meter"]
@@ -46,17 +47,15 @@ def _open_auto(**options: Any) -> Meter:
     for kind in _AUTO_ORDER:
         try:
             return _opener(kind)()
-        except MeterUnavailable as exc:
+        except NrgError as exc:  # MeterUnavailable, or a source that reads nonsense
             refused.append(f"{kind}: {exc}")
     meter = _opener("model")(**options)
-    meter.description += " -- no energy counter here (" + "; ".join(refused) + ")"
+    meter.fallback_reason = "no energy counter here (" + "; ".join(refused) + ")"
     if not _fallback_logged:
         _fallback_logged = True
         log.warning(
-            "nrgloops: no energy counter can be read here, so power is ESTIMATED by the model "
-            "meter (%s). Tried %s",
-            meter.description.split(" -- ")[0],
-            "; ".join(refused),
+            "nrgloops: no energy counter readable here: power is ESTIMATED by the model meter "
+            "(`nrgloops info` says why)"
         )
     return meter
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
-from nrgloops._errors import NrgError
+from nrgloops._errors import MeterUnavailable, NrgError
 from nrgloops._ffi import ffi, lib, raise_errno
 
-__all__ = ["Meter", "Reading", "default_total"]
+__all__ = ["Meter", "Reading", "default_total", "keep_domains"]
+
+log = logging.getLogger("nrgloops")
+
+# When a machine has more domains than the C core holds, keep these first;
+# packages are never dropped (the total is their sum).
+_PRIORITY = ("package", "psys", "dram", "core", "uncore")
 
 
 class Reading(NamedTuple):
@@ -35,6 +44,52 @@ def default_total(domains: Sequence[str]) -> tuple[str, ...]:
     return tuple(domains)
 
 
+def keep_domains(kind: str, domains: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(kept, dropped)``: at most NRG_MAX_DOMAINS domains, in their order.
+
+    Packages are always kept (dropping one would take it out of the total),
+    then psys, DRAM, cores, uncore, anything else; a dropped domain is logged
+    and returned so that the meter can list it in ``skipped``.
+
+    Raises:
+        MeterUnavailable: more packages than the C core holds.
+    """
+    limit = int(lib.NRG_MAX_DOMAINS)
+    names = list(domains)
+    if len(names) <= limit:
+        return names, []
+
+    def rank(d: str) -> tuple[int, int]:
+        k = d.split("-", 1)[0]
+        return (_PRIORITY.index(k) if k in _PRIORITY else len(_PRIORITY), names.index(d))
+
+    ranked = sorted(names, key=rank)
+    kept = set(ranked[:limit])
+    dropped = [d for d in names if d not in kept]
+    if any(d.startswith("package-") for d in dropped):
+        raise MeterUnavailable(
+            f"{kind} meter: {sum(d.startswith('package-') for d in names)} packages, more "
+            f"than the {limit} domains nrgloops holds"
+        )
+    log.warning(
+        "nrgloops: %s meter: keeping %d domains, dropping %s", kind, limit, ", ".join(dropped)
+    )
+    return [d for d in names if d in kept], dropped
+
+
+# Every meter, so that a forked child can make their read locks usable again
+# (fork copies a lock held by another thread as held, and that thread is gone).
+_meters: weakref.WeakSet[Meter] = weakref.WeakSet()
+
+
+def _locks_in_child() -> None:
+    for m in list(_meters):
+        m._read_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_locks_in_child)
+
+
 class Meter:
     """An energy source the sampler can read.
 
@@ -48,6 +103,11 @@ class Meter:
         max_period: the slowest sampler period that still catches every
             counter wrap, in seconds (inf where the counter does not wrap).
         description: one line on where the numbers come from.
+        skipped: what the meter could not use and left out, one
+            ``"what: why"`` per item (an unreadable zone, a missing msr file);
+            empty when it reads everything there is.
+        fallback_reason: for a meter that ``open_meter("auto")`` fell back
+            to, why each better source was refused; else None.
     """
 
     def __init__(
@@ -62,6 +122,7 @@ class Meter:
         default_period: float,
         max_period: float = math.inf,
         description: str = "",
+        skipped: Sequence[str] = (),
     ) -> None:
         if len(domains) != lib.nrg_source_domains(source):
             raise NrgError(f"{kind} meter: {len(domains)} names for the source's domains")
@@ -74,13 +135,19 @@ class Meter:
         self.default_period = default_period
         self.max_period = max_period
         self.description = description
+        self.skipped = tuple(skipped)
+        self.fallback_reason: str | None = None
         self._buf = ffi.new("double[]", len(self.domains))
         self._t = ffi.new("double *")
         self._read_lock = threading.Lock()  # the buffers above are shared
+        _meters.add(self)
 
     @property
     def label(self) -> str:
-        """ "measured" or "estimated": say it next to every number."""
+        """ "measured", "estimated" or "simulated" (a fake meter, whatever its
+        ``measured`` says): say it next to every number."""
+        if self.kind == "fake":
+            return "simulated"
         return "measured" if self.measured else "estimated"
 
     @property
@@ -122,6 +189,13 @@ class Meter:
     def errors(self) -> int:
         """How many reads have failed since the meter was opened."""
         return int(lib.nrg_source_errors(self._source))
+
+    @property
+    def resets(self) -> int:
+        """Counter resets seen since the meter was opened (resume from suspend,
+        a driver reload): a step larger than the physical bound is no wrap, so
+        it is not booked; each one loses the energy of one read interval."""
+        return int(lib.nrg_source_resets(self._source))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} {self.label} domains={self.domains}>"

@@ -14,9 +14,9 @@ from this meter are always labelled "estimated".
 
 from __future__ import annotations
 
-import math
 import os
 
+from nrgloops import _checks
 from nrgloops._ffi import lib, new_handle
 from nrgloops.meters._base import Meter
 
@@ -37,18 +37,14 @@ def _coefficient(value: float | None, env: str, default: float, name: str) -> fl
         except ValueError:
             raise ValueError(f"{env}={raw!r} is not a number of watts") from None
         name = env
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of watts, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of watts >= 0, got {value!r}")
-    return float(value)
+    return _checks.number(name, value, "watts", lo=0.0)
 
 
 def open_model(
     idle_watts: float | None = None,
     watts_per_core: float | None = None,
     scope: str = "system",
-    stat_path: str = "/proc/stat",
+    stat_path: str | os.PathLike[str] = "/proc/stat",
 ) -> Meter:
     """Open the model meter.
 
@@ -66,12 +62,13 @@ def open_model(
     per_core = _coefficient(
         watts_per_core, "NRGLOOPS_MODEL_W_PER_CORE", DEFAULT_W_PER_CORE, "watts_per_core"
     )
-    if scope not in _SCOPES:
+    if not isinstance(scope, str) or scope not in _SCOPES:
         raise ValueError(f"scope must be one of {sorted(_SCOPES)}, got {scope!r}")
+    stat_path = _checks.path("stat_path", stat_path)
     source = new_handle(
         lib.nrg_model_new,
         _SCOPES[scope],
-        stat_path.encode(),
+        os.fsencode(stat_path),
         idle,
         per_core,
         what=f"model meter: opening {stat_path}",

@@ -36,9 +36,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nrgloops._errors import MeterUnavailable, NrgError
-from nrgloops._ffi import check, ffi, lib
-from nrgloops.meters._base import Meter
+from nrgloops import _checks
+from nrgloops._errors import MeterUnavailable
+from nrgloops._ffi import check, lib, new_handle, raise_os_error
+from nrgloops.meters._base import Meter, keep_domains
 from nrgloops.meters._sysfs import (
     StrPath,
     Topology,
@@ -97,8 +98,9 @@ _PERMISSION_FIX = (
     "and read access to /dev/cpu/*/msr"
 )
 _MODPROBE_FIX = "load the msr driver: `modprobe msr` (as root)"
-# Keep these first when a machine has more domains than the C core holds.
-_PRIORITY = ("package", "psys", "dram", "core", "uncore")
+DEFAULT_ROOT = "/dev/cpu"
+DEFAULT_SYSFS = "/sys/devices/system/cpu"
+DEFAULT_CPUINFO = "/proc/cpuinfo"
 
 
 @dataclass
@@ -114,13 +116,7 @@ def _check_cpus(cpus: Sequence[int] | None) -> list[int] | None:
         return None
     if isinstance(cpus, (str, bytes)) or not isinstance(cpus, Sequence):
         raise TypeError(f"cpus must be a sequence of CPU numbers, not {type(cpus).__name__}")
-    out: list[int] = []
-    for c in cpus:
-        if isinstance(c, bool) or not isinstance(c, int):
-            raise TypeError(f"cpus must hold ints, got {c!r}")
-        if c < 0:
-            raise ValueError(f"cpus must hold CPU numbers >= 0, got {c}")
-        out.append(c)
+    out = [_checks.count("cpus", c, hi=2**31 - 1, what="CPU numbers (ints)") for c in cpus]
     if not out:
         raise ValueError("cpus must name at least one CPU (one per package)")
     if len(set(out)) != len(out):
@@ -135,14 +131,27 @@ def _msr_path(root: str, cpu: int) -> str:
 def _open_msr_file(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise MeterUnavailable(f"msr meter: {path} does not exist; {_MODPROBE_FIX}") from None
     except OSError as exc:
-        if is_permission(exc):
-            raise MeterUnavailable(
-                f"msr meter: {path}: {os.strerror(exc.errno or 0)}; {_PERMISSION_FIX}"
-            ) from None
-        raise MeterUnavailable(f"msr meter: {path}: {exc.strerror}") from None
+        root = os.path.dirname(os.path.dirname(path))
+        driver = any(
+            os.path.exists(os.path.join(root, d, "msr"))
+            for d in (os.listdir(root) if os.path.isdir(root) else ())
+        )
+        absent = (
+            "does not exist, though other CPUs' msr files do (a container that passes "
+            "only some of /dev/cpu/*/msr?)"
+            if driver
+            else f"does not exist; {_MODPROBE_FIX}"
+        )
+        raise_os_error(
+            exc,
+            f"msr meter: {path}",
+            reasons={
+                errno.ENOENT: absent,
+                errno.EACCES: f"{os.strerror(errno.EACCES)}; {_PERMISSION_FIX}",
+                errno.EPERM: f"{os.strerror(errno.EPERM)}; {_PERMISSION_FIX}",
+            },
+        )
 
 
 def _read_register(fd: int, path: str, address: int) -> int | None:
@@ -151,9 +160,7 @@ def _read_register(fd: int, path: str, address: int) -> int | None:
         data = os.pread(fd, 8, address)
     except OSError as exc:
         if is_permission(exc):
-            raise MeterUnavailable(
-                f"msr meter: reading {path} at {address:#x}: {exc.strerror}; {_PERMISSION_FIX}"
-            ) from None
+            raise_os_error(exc, f"msr meter: reading {path} at {address:#x}", _PERMISSION_FIX)
         return None  # EIO: the CPU has no such register
     if len(data) != 8:
         return None
@@ -180,8 +187,16 @@ class _MsrFiles:
         self.fds.clear()
 
 
-def _vendor(vendor: str | None, cpuinfo: StrPath) -> tuple[str, int, int]:
+def _vendor(vendor: str | None, cpuinfo: str | None) -> tuple[str, int, int]:
     """(vendor, family, model) with family/model -1 where /proc/cpuinfo is unreadable."""
+    if cpuinfo is None:  # a root of the caller's, with no cpuinfo beside it
+        if vendor is None:
+            raise MeterUnavailable(
+                "msr meter: with a root other than /dev/cpu the CPU vendor cannot be read "
+                "from this machine's /proc/cpuinfo; pass vendor='intel' or vendor='amd' "
+                "(or cpuinfo=)"
+            )
+        return vendor, -1, -1
     try:
         info = cpu_info(cpuinfo)
     except (OSError, ValueError) as exc:
@@ -212,7 +227,7 @@ def _energy_unit(raw_units: int, atom: bool) -> float:
 
 
 def _plan_packages(
-    cpus: list[int] | None, topology: dict[int, Topology], by_die: bool, sysfs: StrPath
+    cpus: list[int] | None, topology: dict[int, Topology], by_die: bool, sysfs: str | None
 ) -> list[tuple[str, int, list[Topology]]]:
     """(suffix, lead cpu, members) per package to read."""
     if cpus is not None:
@@ -224,9 +239,13 @@ def _plan_packages(
             plan.append((str(n), cpu, members))
         return plan
     if not topology:
+        where = (
+            f"under {sysfs}/cpu*/topology/physical_package_id"
+            if sysfs is not None
+            else "for a root other than /dev/cpu (pass sysfs= to read one)"
+        )
         raise MeterUnavailable(
-            f"msr meter: no CPU topology under {os.fspath(sysfs)}/cpu*/topology/"
-            "physical_package_id; pass cpus=[one CPU per package]"
+            f"msr meter: no CPU topology {where}; pass cpus=[one CPU per package]"
         )
     return split_packages(topology, by_die)
 
@@ -244,50 +263,63 @@ def _domain_kind(name: str) -> str:
 
 
 def open_msr(
-    root: StrPath = "/dev/cpu",
+    root: StrPath = DEFAULT_ROOT,
     cpus: Sequence[int] | None = None,
     vendor: str | None = None,
-    sysfs: StrPath = "/sys/devices/system/cpu",
-    cpuinfo: StrPath = "/proc/cpuinfo",
+    sysfs: StrPath | None = None,
+    cpuinfo: StrPath | None = None,
     model: int | None = None,
 ) -> Meter:
     """Open the RAPL MSRs of every package.
+
+    Everything the meter reads follows the roots it is given: with a
+    ``root`` other than ``/dev/cpu`` it reads no topology or cpuinfo of this
+    machine unless ``sysfs`` / ``cpuinfo`` say where.
 
     Args:
         root: where the per-CPU ``<cpu>/msr`` files are (``/dev/cpu``).
         cpus: one CPU per package to read, ``package-N`` being the N-th of
             them; default: the lowest CPU of each package found in sysfs.
-        vendor: "intel" or "amd"; default: ``vendor_id`` of /proc/cpuinfo.
-        sysfs: the CPU directory of sysfs, for the topology.
-        cpuinfo: /proc/cpuinfo, for the vendor and model.
+        vendor: "intel" or "amd"; default: ``vendor_id`` of cpuinfo.
+        sysfs: the CPU directory of sysfs, for the topology (default
+            ``/sys/devices/system/cpu`` with the default root, else none).
+        cpuinfo: /proc/cpuinfo, for the vendor and model (default
+            ``/proc/cpuinfo`` with the default root, else none).
         model: the family 6 model number (for Intel's fixed-unit quirks);
-            default: from /proc/cpuinfo.
+            default: from cpuinfo.
 
     Raises:
         MeterUnavailable: no ``msr`` files (``modprobe msr``), no permission
             (root or cap_sys_rawio), or no RAPL register on this CPU.
     """
-    root_s = os.fspath(root)
+    root_s = _checks.path("root", root)
+    own_machine = os.path.normpath(root_s) == DEFAULT_ROOT
+    sysfs_s = _checks.path("sysfs", sysfs) if sysfs is not None else None
+    cpuinfo_s = _checks.path("cpuinfo", cpuinfo) if cpuinfo is not None else None
+    if own_machine:
+        sysfs_s = sysfs_s or DEFAULT_SYSFS
+        cpuinfo_s = cpuinfo_s or DEFAULT_CPUINFO
     if vendor is not None and vendor not in ("intel", "amd"):
         raise ValueError(f"vendor must be 'intel', 'amd' or None, got {vendor!r}")
-    if model is not None and (isinstance(model, bool) or not isinstance(model, int)):
-        raise TypeError(f"model must be an int (family 6 model number), not {type(model).__name__}")
+    if model is not None:
+        model = _checks.count("model", model, hi=2**31 - 1, what="a family 6 model number")
     cpu_list = _check_cpus(cpus)
-    vendor, family, info_model = _vendor(vendor, cpuinfo)
+    vendor, family, info_model = _vendor(vendor, cpuinfo_s)
     if model is None:
         model = info_model
     elif family == -1:
         family = 6
     intel_fam6 = vendor == "intel" and family == 6
-    topology = cpu_topology(sysfs)
-    plan = _plan_packages(cpu_list, topology, vendor == "intel", sysfs)
+    topology = cpu_topology(sysfs_s) if sysfs_s is not None else {}
+    plan = _plan_packages(cpu_list, topology, vendor == "intel", sysfs_s)
 
     files = _MsrFiles(root_s)
+    skipped: list[str] = []
     try:
-        channels = _probe(files, plan, vendor, intel_fam6, model)
+        channels = _probe(files, plan, vendor, intel_fam6, model, skipped)
     finally:
         files.close()
-    return _build(root_s, channels, vendor)
+    return _build(root_s, channels, vendor, skipped)
 
 
 def _probe(
@@ -296,6 +328,7 @@ def _probe(
     vendor: str,
     intel_fam6: bool,
     model: int,
+    skipped: list[str],
 ) -> list[_Channel]:
     channels: list[_Channel] = []
     psys: _Channel | None = None
@@ -335,10 +368,19 @@ def _probe(
             if present(cpu, AMD_PKG_ENERGY):
                 channels.append(_Channel(f"package-{suffix}", path, AMD_PKG_ENERGY, unit))
             cores = _amd_cores(members)
-            readable = [c for c in cores if files.read(c, AMD_CORE_ENERGY) is not None]
             # All of the package's cores, or none: a partial sum would be a lie.
-            nonzero = any(present(c, AMD_CORE_ENERGY) for c in cores)
-            if cores and len(readable) == len(cores) and nonzero:
+            unreadable = []
+            for c in cores:
+                try:
+                    files.read(c, AMD_CORE_ENERGY)
+                except MeterUnavailable as exc:
+                    unreadable.append(str(exc).removeprefix("msr meter: "))
+            if unreadable:
+                skipped.append(
+                    f"core-{suffix}: {len(unreadable)} of its {len(cores)} cores cannot be "
+                    f"read ({unreadable[0]})"
+                )
+            elif any(present(c, AMD_CORE_ENERGY) for c in cores):
                 for c in cores:
                     channels.append(
                         _Channel(f"core-{suffix}", _msr_path(files.root, c), AMD_CORE_ENERGY, unit)
@@ -353,37 +395,34 @@ def _probe(
     return channels
 
 
-def _limit_domains(domains: list[str]) -> list[str]:
-    """Drop the least useful domains when there are more than the C core holds."""
-    limit = int(lib.NRG_MAX_DOMAINS)
-    if len(domains) <= limit:
-        return domains
-    ranked = sorted(domains, key=lambda d: (_PRIORITY.index(_domain_kind(d)), domains.index(d)))
-    kept = set(ranked[:limit])
-    dropped = [d for d in domains if d not in kept]
-    log.warning("nrgloops: msr meter: keeping %d domains, dropping %s", limit, ", ".join(dropped))
-    return [d for d in domains if d in kept]
-
-
-def _build(root: str, channels: list[_Channel], vendor: str) -> Meter:
-    domains = _limit_domains(list(dict.fromkeys(ch.domain for ch in channels)))
+def _build(root: str, channels: list[_Channel], vendor: str, skipped: list[str]) -> Meter:
+    domains, dropped = keep_domains("msr", list(dict.fromkeys(ch.domain for ch in channels)))
+    skipped += [f"{d}: more domains than nrgloops holds" for d in dropped]
     channels = [ch for ch in channels if ch.domain in domains]
-    out = ffi.new("nrg_source **")
-    check(lib.nrg_counters_new(out, len(domains)), "msr meter: creating the counter source")
-    source = ffi.gc(out[0], lib.nrg_source_free)
+    source = new_handle(
+        lib.nrg_counters_new,
+        len(domains),
+        WRAP_BOUND_WATTS,
+        what="msr meter: creating the counter source",
+    )
     for ch in channels:
-        rc = lib.nrg_counters_add_file(
-            source,
-            ch.path.encode(),
-            lib.NRG_CH_MSR,
-            ch.address,
-            ch.unit_j,
-            COUNTER_MODULUS,
-            domains.index(ch.domain),
+        check(
+            lib.nrg_counters_add_file(
+                source,
+                ch.path.encode(),
+                lib.NRG_CH_MSR,
+                ch.address,
+                1,
+                ch.unit_j,
+                COUNTER_MODULUS,
+                domains.index(ch.domain),
+            ),
+            f"msr meter: opening {ch.path} at {ch.address:#x}",
+            _PERMISSION_FIX,
+            reasons={errno.ENOSPC: f"more than {lib.NRG_MAX_CHANNELS} counters to read"},
         )
-        if rc == -errno.ENOSPC:
-            raise NrgError(f"msr meter: more than {lib.NRG_MAX_CHANNELS} counters to read")
-        check(rc, f"msr meter: opening {ch.path} at {ch.address:#x}", _PERMISSION_FIX)
+    if skipped:
+        log.warning("nrgloops: msr meter: left out %s", "; ".join(skipped))
     min_unit = min(ch.unit_j for ch in channels)
     max_period = COUNTER_MODULUS * min_unit / (2 * WRAP_BOUND_WATTS)
     units = sorted({ch.unit_j for ch in channels})
@@ -400,4 +439,5 @@ def _build(root: str, channels: list[_Channel], vendor: str) -> Meter:
             f"measured: {vendor} RAPL MSRs via {root}/<cpu>/msr "
             f"({len(channels)} counters, energy unit {unit_text})"
         ),
+        skipped=skipped,
     )

@@ -33,8 +33,8 @@ import errno
 import os
 from typing import Any, NoReturn
 
-from nrgloops._errors import MeterUnavailable, NrgError
-from nrgloops._ffi import ffi, lib
+from nrgloops import _checks
+from nrgloops._ffi import ffi, lib, raise_errno, try_new
 from nrgloops.meters._base import Meter
 
 __all__ = [
@@ -103,9 +103,7 @@ _SEARCH_DIRS = (
 def _library(library: str | os.PathLike[str] | None) -> str:
     if library is None:
         return os.environ.get("NRGLOOPS_NVML_LIBRARY", DEFAULT_LIBRARY)
-    if not isinstance(library, (str, os.PathLike)):
-        raise TypeError(f"library must be a path or None, not {type(library).__name__}")
-    return os.fspath(library)
+    return _checks.path("library", library)
 
 
 def _fallback_library(path: str) -> str | None:
@@ -119,52 +117,46 @@ def _fallback_library(path: str) -> str | None:
     return None
 
 
-def _unavailable(
+def _raise_unavailable(
     code: int, library: str, index: int | None, count: int | None, mode: str = "auto"
-) -> NrgError:
-    """The exception for a failed probe or open, naming the cause and the fix."""
-    err = -code
+) -> NoReturn:
+    """Raise for a failed probe or open, naming the cause and the fix."""
     status = lib.nrg_nvml_open_status()
-    why = _status_text(status) if status else os.strerror(err)
-    if err == errno.ENOENT:
-        loader = ffi.string(lib.nrg_nvml_loader_error()).decode(errors="replace")
-        return MeterUnavailable(
-            f"no NVIDIA driver: {library} not found ({loader}); install the NVIDIA driver, "
-            "or pass library= (or set NRGLOOPS_NVML_LIBRARY) to where libnvidia-ml is"
-        )
-    if err == errno.ENOSYS:
-        loader = ffi.string(lib.nrg_nvml_loader_error()).decode(errors="replace")
-        return MeterUnavailable(f"NVML cannot be used: {loader}; update the NVIDIA driver")
-    if err == errno.ENXIO:
-        n = "no" if not count else str(count)
-        s = "" if count == 1 else "s"
-        return MeterUnavailable(
-            f"GPU index {index} out of range: {n} GPU{s} "
-            f"(choose index 0..{max((count or 0) - 1, 0)}; CUDA_VISIBLE_DEVICES does not "
-            "renumber NVML's indices)"
-        )
-    if err in (errno.EOPNOTSUPP, errno.EAGAIN) and mode != "auto":
+    why = _status_text(status) if status else os.strerror(-code)
+    loader = ffi.string(lib.nrg_nvml_loader_error()).decode(errors="replace")
+    n = "no" if not count else str(count)
+    s = "" if count == 1 else "s"
+    refused = (
+        "GPU {index} gives neither the energy counter nor the instant power field through "
+        f"NVML: {why}; this needs a Volta or newer GPU and a recent driver"
+    )
+    if mode != "auto":
         what, other = (
             ("energy counter", "power") if mode == "energy" else ("instant power field", "energy")
         )
-        return MeterUnavailable(
-            f"GPU {index} refused its {what} through NVML: {why}; "
+        refused = (
+            f"GPU {{index}} refused its {what} through NVML: {why}; "
             f"mode='auto' or mode='{other}' reads the {other} instead"
         )
-    if err == errno.EOPNOTSUPP:
-        return MeterUnavailable(
-            f"GPU {index} gives neither the energy counter nor the instant power field "
-            f"through NVML: {why}; this needs a Volta or newer GPU and a recent driver"
-        )
-    if err == errno.EACCES:
-        return MeterUnavailable(
-            f"NVML refused access: {why}; check the permissions of /dev/nvidia*"
-        )
-    if err in (errno.ENODEV, errno.EIO, errno.EAGAIN):
-        return MeterUnavailable(
-            f"NVML could not start on {library}: {why}; check `nvidia-smi` on this machine"
-        )
-    return NrgError(f"NVML meter: {why}")
+    not_started = f"NVML could not start on {library}: {why}; check `nvidia-smi` on this machine"
+    reasons = {
+        errno.ENOENT: (
+            f"no NVIDIA driver: {library} not found ({loader}); install the NVIDIA driver, "
+            "or pass library= (or set NRGLOOPS_NVML_LIBRARY) to where libnvidia-ml is"
+        ),
+        errno.ENOSYS: f"NVML cannot be used: {loader}; update the NVIDIA driver",
+        errno.ENXIO: (
+            f"GPU index {index} out of range: {n} GPU{s} "
+            f"(choose index 0..{max((count or 0) - 1, 0)}; CUDA_VISIBLE_DEVICES does not "
+            "renumber NVML's indices)"
+        ),
+        errno.EOPNOTSUPP: refused.format(index=index),
+        errno.EAGAIN: refused.format(index=index) if mode != "auto" else not_started,
+        errno.EACCES: f"NVML refused access: {why}; check the permissions of /dev/nvidia*",
+        errno.ENODEV: not_started,
+        errno.EIO: not_started,
+    }
+    raise_errno(code, "NVML meter", reasons=reasons, unavailable=-code in reasons)
 
 
 def gpu_count(library: str | os.PathLike[str] | None = None) -> tuple[int, str]:
@@ -175,12 +167,12 @@ def gpu_count(library: str | os.PathLike[str] | None = None) -> tuple[int, str]:
     path = _library(library)
     count = ffi.new("unsigned int *")
     driver = ffi.new("char[96]")
-    rc = lib.nrg_nvml_probe(path.encode(), count, driver, 96)
+    rc = lib.nrg_nvml_probe(os.fsencode(path), count, driver, 96)
     if rc == -errno.ENOENT and (fallback := _fallback_library(path)) is not None:
         path = fallback
-        rc = lib.nrg_nvml_probe(path.encode(), count, driver, 96)
+        rc = lib.nrg_nvml_probe(os.fsencode(path), count, driver, 96)
     if rc < 0:
-        raise _unavailable(rc, path, None, None)
+        _raise_unavailable(rc, path, None, None)
     return int(count[0]), ffi.string(driver).decode(errors="replace")
 
 
@@ -230,9 +222,11 @@ class NvmlMeter(Meter):
 
     def _read_failed(self, rc: int) -> NoReturn:
         # The sampler reads the same source and only counts such failures.
-        raise MeterUnavailable(
-            f"reading GPU {self.index} through NVML ({self.mode} mode) failed: "
-            f"{self.last_status_text}; the last good reading is kept"
+        raise_errno(
+            rc,
+            f"reading GPU {self.index} through NVML ({self.mode} mode)",
+            reasons={-rc: f"{self.last_status_text}; the last good reading is kept"},
+            unavailable=True,
         )
 
 
@@ -256,24 +250,19 @@ def open_nvml(
             readings; the message says which and what to do.
         ValueError / TypeError: a bad argument.
     """
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise TypeError(f"index must be an int, not {type(index).__name__}")
-    if index < 0:
-        raise ValueError(f"index must be a GPU index >= 0, got {index}")
+    index = _checks.count("index", index, hi=2**32 - 1, what="a GPU index")
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
     path = _library(library)
-    out = ffi.new("nrg_source **")
-    rc = lib.nrg_nvml_new(out, path.encode(), index, _MODES[mode])
+    rc, source = try_new(lib.nrg_nvml_new, os.fsencode(path), index, _MODES[mode])
     if rc == -errno.ENOENT and (fallback := _fallback_library(path)) is not None:
         path = fallback
-        rc = lib.nrg_nvml_new(out, path.encode(), index, _MODES[mode])
+        rc, source = try_new(lib.nrg_nvml_new, os.fsencode(path), index, _MODES[mode])
     if rc < 0:
         # Only now count the GPUs, for the message (the status is not needed then).
         count = gpu_count(path)[0] if rc == -errno.ENXIO else None
-        raise _unavailable(rc, path, index, count, mode)
+        _raise_unavailable(rc, path, index, count, mode)
     energy_refused = lib.nrg_nvml_open_status() if mode == "auto" else 0
-    source = ffi.gc(out[0], lib.nrg_source_free)
     # NVML is up while the source holds it: this probe costs no second init.
     driver = gpu_count(path)[1]
     name_buf = ffi.new("char[96]")

@@ -20,15 +20,16 @@ and refuses a counter that does not move.
 
 from __future__ import annotations
 
-import errno
+import math
 import os
 import re
 import time
 from dataclasses import dataclass
 
+from nrgloops import _checks
 from nrgloops._errors import MeterUnavailable, NrgError
-from nrgloops._ffi import check, ffi, lib
-from nrgloops.meters._base import Meter
+from nrgloops._ffi import PERMISSION, check, lib, new_handle
+from nrgloops.meters._base import Meter, keep_domains
 from nrgloops.meters._sysfs import StrPath, parse_cpulist, read_text
 
 __all__ = ["EVENT_DOMAINS", "Pmu", "PmuEvent", "open_perf", "read_pmu"]
@@ -43,6 +44,12 @@ EVENT_DOMAINS = {
     "energy-psys": "psys",
 }
 _FORMAT = re.compile(r"^(config\d*):(.+)$")
+MAX_TYPE = 2**32 - 1  # perf_event_attr.type is a __u32
+MAX_CPU = 2**31 - 1
+MAX_CONFIG_BIT = 63  # perf_event_attr.config is a __u64
+# The kernel undoes the 32-bit wrap, but a counter reset on resume comes out
+# as a huge step: as for the msr meter, more than 1 kW per event is a reset.
+WRAP_BOUND_WATTS = 1000.0
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -83,7 +90,10 @@ def _format_bits(root: str, term: str) -> list[tuple[int, int]] | None:
         if r is None:
             return None
         lo = int(r.group(1))
-        ranges.append((lo, int(r.group(2) or lo)))
+        hi = int(r.group(2) or lo)
+        if not lo <= hi <= MAX_CONFIG_BIT:
+            return None  # not a bit range of a 64-bit config
+        ranges.append((lo, hi))
     return ranges
 
 
@@ -106,6 +116,8 @@ def _config(root: str, spec: str) -> int | None:
             width = hi - lo + 1
             config |= (number & ((1 << width) - 1)) << lo
             number >>= width
+        if number:
+            return None  # more bits than the format gives it: not an event of this PMU
     return config
 
 
@@ -115,7 +127,7 @@ def read_pmu(root: StrPath = DEFAULT_ROOT) -> Pmu:
     Raises:
         MeterUnavailable: the PMU is absent or describes no energy event.
     """
-    root_s = os.fspath(root)
+    root_s = _checks.path("root", root)
     if not os.path.isdir(root_s):
         raise MeterUnavailable(
             f"perf meter: {root_s} does not exist: the kernel has no RAPL power PMU here"
@@ -127,8 +139,12 @@ def read_pmu(root: StrPath = DEFAULT_ROOT) -> Pmu:
         raise MeterUnavailable(
             f"perf meter: cannot parse {root_s}/type or cpumask: {exc}"
         ) from None
+    if not 0 <= pmu_type <= MAX_TYPE:
+        raise MeterUnavailable(f"perf meter: {root_s}/type is {pmu_type}, not a perf type")
     if not cpus:
         raise MeterUnavailable(f"perf meter: {root_s}/cpumask names no CPU")
+    if not all(0 <= c <= MAX_CPU for c in cpus):
+        raise MeterUnavailable(f"perf meter: {root_s}/cpumask names CPUs out of range")
     events = []
     for name, kind in EVENT_DOMAINS.items():
         path = os.path.join(root_s, "events", name)
@@ -137,7 +153,7 @@ def read_pmu(root: StrPath = DEFAULT_ROOT) -> Pmu:
         except OSError:
             continue
         config = _config(root_s, spec)
-        if config is None:
+        if config is None or config >= 2**64:
             continue
         try:
             scale = float(read_text(path + ".scale"))
@@ -147,7 +163,7 @@ def read_pmu(root: StrPath = DEFAULT_ROOT) -> Pmu:
             unit = read_text(path + ".unit")
         except OSError:
             unit = "Joules"
-        if unit != "Joules" or not scale > 0:
+        if unit != "Joules" or not (scale > 0 and math.isfinite(scale)):
             continue
         events.append(PmuEvent(name, kind, config, scale))
     if not events:
@@ -165,19 +181,23 @@ def _paranoid(path: str = "/proc/sys/kernel/perf_event_paranoid") -> str:
         return "unknown"
 
 
-def _open_failure(rc: int, pmu: Pmu, event: PmuEvent, cpu: int) -> MeterUnavailable:
-    err = -rc
+def _open_event(source: object, pmu: Pmu, event: PmuEvent, cpu: int, index: int) -> None:
     where = (
         f"perf meter: perf_event_open(type={pmu.type}, config={event.config:#x}, cpu={cpu}) "
-        f"for {pmu.path}/events/{event.name}: {os.strerror(err)}"
+        f"for {pmu.path}/events/{event.name}"
     )
-    if err in (errno.EACCES, errno.EPERM):
-        return MeterUnavailable(
-            f"{where}; kernel.perf_event_paranoid is {_paranoid()} and system-wide events "
-            "need <= 0 or CAP_PERFMON: run as root, `sysctl kernel.perf_event_paranoid=0`, "
-            "or setcap cap_perfmon+ep on the python binary"
-        )
-    return MeterUnavailable(f"{where}; the kernel refused the event")
+    permission = (
+        f"; kernel.perf_event_paranoid is {_paranoid()} and system-wide events need <= 0 or "
+        "CAP_PERFMON: run as root, `sysctl kernel.perf_event_paranoid=0`, or setcap "
+        "cap_perfmon+ep on the python binary"
+    )
+    check(
+        lib.nrg_counters_add_perf(source, pmu.type, event.config, cpu, event.scale, index),
+        where,
+        "the kernel refused the event",
+        reasons={e: os.strerror(e) + permission for e in PERMISSION},
+        unavailable=True,
+    )
 
 
 def open_perf(root: StrPath = DEFAULT_ROOT, settle: float = 0.03) -> Meter:
@@ -190,12 +210,9 @@ def open_perf(root: StrPath = DEFAULT_ROOT, settle: float = 0.03) -> Meter:
 
     Raises:
         MeterUnavailable: no PMU, no permission (the message gives the fix),
-            or a total that does not move.
+            a malformed PMU description, or a total that does not move.
     """
-    if isinstance(settle, bool) or not isinstance(settle, (int, float)):
-        raise TypeError(f"settle must be a number of seconds, not {type(settle).__name__}")
-    if not 0 < settle <= 1:
-        raise ValueError(f"settle must be in (0, 1] seconds, got {settle!r}")
+    settle = _checks.number("settle", settle, "seconds", lo=0.0, hi=1.0, lo_open=True)
     pmu = read_pmu(root)
     plan: list[tuple[str, PmuEvent, int]] = []
     for n, cpu in enumerate(pmu.cpus):
@@ -204,16 +221,17 @@ def open_perf(root: StrPath = DEFAULT_ROOT, settle: float = 0.03) -> Meter:
                 plan.append((f"{ev.kind}-{n}", ev, cpu))
     # psys covers the platform: one, on the first CPU, listed last
     plan += [("psys", ev, pmu.cpus[0]) for ev in pmu.events if ev.kind == "psys"]
-    plan = plan[: int(lib.NRG_MAX_DOMAINS)]
-    domains = [name for name, _, _ in plan]
+    domains, dropped = keep_domains("perf", [name for name, _, _ in plan])
+    plan = [p for p in plan if p[0] in domains]
 
-    out = ffi.new("nrg_source **")
-    check(lib.nrg_counters_new(out, len(domains)), "perf meter: creating the counter source")
-    source = ffi.gc(out[0], lib.nrg_source_free)
+    source = new_handle(
+        lib.nrg_counters_new,
+        len(domains),
+        WRAP_BOUND_WATTS,
+        what="perf meter: creating the counter source",
+    )
     for i, (_, ev, cpu) in enumerate(plan):
-        rc = lib.nrg_counters_add_perf(source, pmu.type, ev.config, cpu, ev.scale, i)
-        if rc < 0:
-            raise _open_failure(rc, pmu, ev, cpu)
+        _open_event(source, pmu, ev, cpu, i)
     meter = Meter(
         source,
         kind="perf",
@@ -225,6 +243,7 @@ def open_perf(root: StrPath = DEFAULT_ROOT, settle: float = 0.03) -> Meter:
             f"measured: perf power PMU (type {pmu.type}) via {pmu.path}, "
             f"{len(plan)} events on CPUs {','.join(map(str, pmu.cpus))}"
         ),
+        skipped=[f"{d}: more domains than nrgloops holds" for d in dropped],
     )
     _check_moves(meter, pmu.path, settle)
     return meter

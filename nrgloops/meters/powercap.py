@@ -17,30 +17,43 @@ skipped, so the MMIO copy of ``package-0`` is never counted twice.  AMD parts
 show up as ``intel-rapl`` too; there the kernel's ``core`` zone counts the
 first core of the package only (use the msr meter for all cores).
 
+A package is counted once: a later control type's zone for a package that
+an earlier one already has (``intel-rapl-mmio:0`` beside ``intel-rapl:0``
+and ``intel-rapl:1`` named ``package-0-die-0`` / ``-die-1``) is skipped.
+
 Each zone's ``energy_uj`` (microjoules) is read with ``pread`` on a file
-descriptor opened once; it wraps one RAPL *unit* (not one microjoule) past
-``max_energy_range_uj``: see :func:`wrap_modulus_uj`.  Since Linux 5.10
-(CVE-2020-8694) ``energy_uj`` is readable by root only.
+descriptor opened once; it wraps at 2^32 RAPL *units*, one unit (not one
+microjoule) past ``max_energy_range_uj``, and the unit in whole nanojoules
+is recovered from that file (:func:`energy_unit_nj`), so every wrap is undone
+exactly: see :func:`wrap_modulus_nj`.  Since Linux 5.10 (CVE-2020-8694)
+``energy_uj`` is readable by root only, and each zone has its own
+permissions: zones that cannot be read are left out and listed in the
+meter's ``skipped``.
 """
 
 from __future__ import annotations
 
-import errno
+import logging
 import os
 import re
 from dataclasses import dataclass
 
-from nrgloops._errors import MeterUnavailable, NrgError
-from nrgloops._ffi import check, ffi, lib
-from nrgloops.meters._base import Meter
-from nrgloops.meters._sysfs import StrPath, is_permission, read_text
+from nrgloops import _checks
+from nrgloops._errors import MeterUnavailable
+from nrgloops._ffi import PERMISSION, check, lib, new_handle, raise_os_error
+from nrgloops.meters._base import Meter, keep_domains
+from nrgloops.meters._sysfs import StrPath, read_text
 
-__all__ = ["CONTROL_TYPES", "UDEV_RULE", "open_powercap", "wrap_modulus_uj"]
+__all__ = ["CONTROL_TYPES", "UDEV_RULE", "energy_unit_nj", "open_powercap", "wrap_modulus_nj"]
+
+log = logging.getLogger("nrgloops")
 
 # In order of preference; a later type only adds domains the earlier lack.
 CONTROL_TYPES = ("intel-rapl", "intel-rapl-tpmi", "intel-rapl-mmio")
-UNIT_J = 1e-6
 COUNTER_MAX = 2**32 - 1  # the kernel's ENERGY_STATUS_MASK: a 32-bit counter
+NJ_PER_UJ = 1000  # the C channel counts energy_uj x 1000: nanojoules
+UNIT_J = 1e-9  # joules per count of the C channel
+MAX_UNIT_NJ = 2**32 - 1  # 2^32 units of it must fit the C core's 64-bit counts
 WRAP_BOUND_WATTS = 1000.0  # as for the msr meter: conservative per zone
 
 UDEV_RULE = (
@@ -69,26 +82,43 @@ class _Zone:
     domain: str = ""
 
 
-def wrap_modulus_uj(max_range_uj: int) -> int:
-    """The modulus, in whole microjoules, at which ``energy_uj`` wraps.
+def energy_unit_nj(max_range_uj: int) -> int:
+    """The zone's RAPL energy unit in whole nanojoules, from ``max_energy_range_uj``.
 
-    The kernel (intel_rapl_common.c) shows ``energy_uj = floor(raw * unit)``
-    and ``max_energy_range_uj = floor((2**32 - 1) * unit)``, ``raw`` a 32-bit
-    counter of RAPL units (``unit`` in uJ: 61.035 for 2^-14 J, truncated by
-    the driver to whole nJ; 15.3 for server DRAM; 10^6 for the 1 J psys of
-    Sapphire Rapids).  So the counter wraps at ``2**32 * unit`` uJ: one unit
-    past the maximum, which ``max_range / (2**32 - 1)`` recovers to the
-    nearest uJ (at least 1: below 0.5 uJ a unit rounds to 0).
+    The driver (intel_rapl_common.c) keeps the unit in whole nJ (2^-14 J is
+    61035 nJ, server DRAM 15300 nJ, the 1 J psys of Sapphire Rapids 10^9)
+    and shows ``max_energy_range_uj = floor((2**32 - 1) * unit_nj / 1000)``:
+    consecutive units give values about 4.3 million apart, so the unit is the
+    one integer that reproduces the file.  (A file that no integer
+    reproduces, not the kernel's arithmetic, gets the nearest.)
 
-    The C channel counts whole microjoules, so the modulus is an integer;
-    with the kernel's floor on both files each wrap is off by less than
-    1 uJ for the units real parts use (2^-14 J, 2^-16 J, 15.3 uJ, powers of
-    two; at most 1.2 uJ for any 2^-ESU J), against about one unit (61 uJ)
-    for ``max_range + 1``.
+    Raises:
+        ValueError: a value no RAPL unit gives (<= 0, or a unit over 4 J).
     """
-    if max_range_uj <= 0:
-        raise ValueError(f"max_range_uj must be > 0, got {max_range_uj}")
-    return max_range_uj + max(1, round(max_range_uj / COUNTER_MAX))
+    if isinstance(max_range_uj, bool) or not isinstance(max_range_uj, int):
+        raise TypeError(f"max_range_uj must be an int, not {type(max_range_uj).__name__}")
+    guess = -(-max_range_uj * NJ_PER_UJ // COUNTER_MAX)  # ceil: the smallest that reaches it
+    for unit in (guess, guess + 1, guess - 1):
+        if 1 <= unit <= MAX_UNIT_NJ and COUNTER_MAX * unit // NJ_PER_UJ == max_range_uj:
+            return unit
+    unit = round(max_range_uj * NJ_PER_UJ / COUNTER_MAX)
+    if not 1 <= unit <= MAX_UNIT_NJ:
+        raise ValueError(
+            f"max_energy_range_uj {max_range_uj} is no RAPL counter's range "
+            f"(2^32 - 1 units of 1 nJ to 4.3 J)"
+        )
+    return unit
+
+
+def wrap_modulus_nj(max_range_uj: int) -> int:
+    """Where ``energy_uj`` wraps, exactly, in nanojoules: 2^32 units.
+
+    ``energy_uj = floor(raw * unit_nj / 1000)``, so working in nJ
+    (``energy_uj * 1000``) with this modulus makes each wrap exact: the
+    floor's error does not add up over wraps, the total is within 1 uJ of
+    the true energy however many wraps there were.
+    """
+    return (COUNTER_MAX + 1) * energy_unit_nj(max_range_uj)
 
 
 def _zone_key(zone_id: str) -> tuple[int, ...]:
@@ -126,25 +156,43 @@ def _find_zones(root: str) -> list[_Zone]:
     return sorted(seen.values(), key=lambda z: (CONTROL_TYPES.index(z.control_type), z.ids))
 
 
-def _name_domains(zones: list[_Zone]) -> list[_Zone]:
-    """Give each zone its domain name; drop duplicates and unknown names."""
+def _name_domains(zones: list[_Zone]) -> tuple[list[_Zone], list[str]]:
+    """Give each zone its domain name; drop duplicates and unknown names.
+
+    Returns the zones kept and what was skipped.  A package is counted once:
+    a later control type's zone for a package number that an earlier type
+    already has is a second view of the same counter (MMIO beside MSR, also
+    beside the per-die zones of a multi-die package), so it is dropped, with
+    its subzones.
+    """
     by_key = {(z.control_type, z.ids): z for z in zones}
     taken: set[str] = set()
+    owner: dict[int, str] = {}  # package number -> the control type that has it
     out: list[_Zone] = []
+    skipped: list[str] = []
     for z in zones:
+        top = z if len(z.ids) == 1 else by_key.get((z.control_type, z.ids[:1]))
+        pm = _PACKAGE.match(top.name) if top else None
+        if pm is not None:
+            n = int(pm.group("n"))
+            if owner.setdefault(n, z.control_type) != z.control_type:
+                if len(z.ids) == 1:
+                    skipped.append(
+                        f"{z.control_type}:{':'.join(map(str, z.ids))} ({z.name}): "
+                        f"package {n} is already counted from {owner[n]}"
+                    )
+                continue
         if len(z.ids) == 1:
-            if _PACKAGE.match(z.name) or z.name == "psys":
+            if pm is not None or z.name == "psys":
                 domain = z.name
             else:
                 domain = re.sub(r"[^A-Za-z0-9_.-]", "_", z.name)
         else:
-            parent = by_key.get((z.control_type, z.ids[:1]))
-            pm = _PACKAGE.match(parent.name) if parent else None
             if pm is None or z.name not in _SUBZONES:
                 continue  # a subzone of something that is not a package
             domain = f"{z.name}-{pm.group('n')}{pm.group('die') or ''}"
         if domain in taken:
-            continue  # e.g. intel-rapl-mmio:0 repeats intel-rapl:0's package-0
+            continue  # e.g. a second psys zone
         taken.add(domain)
         z.domain = domain
         out.append(z)
@@ -154,85 +202,118 @@ def _name_domains(zones: list[_Zone]) -> list[_Zone]:
         is_part = _PACKAGE.match(z.name) is not None or len(z.ids) > 1
         return (0 if is_part else 1, CONTROL_TYPES.index(z.control_type), z.ids)
 
-    return sorted(out, key=key)
+    return sorted(out, key=key), skipped
 
 
-def _read_zone(zone: _Zone) -> tuple[str, int, int]:
-    """(energy_uj path, current value, modulus); raises MeterUnavailable."""
+def _read_zone(zone: _Zone) -> tuple[str, int]:
+    """(energy_uj path, wrap modulus in nJ); raises MeterUnavailable."""
     energy = os.path.join(zone.path, "energy_uj")
     try:
         with open(energy, encoding="utf-8") as f:
             value = int(f.read().strip())
     except OSError as exc:
-        if is_permission(exc):
-            raise MeterUnavailable(
-                f"powercap meter: {energy}: {os.strerror(exc.errno or errno.EACCES)}; "
-                f"{PERMISSION_FIX}"
-            ) from None
-        raise MeterUnavailable(f"powercap meter: {energy}: {exc.strerror}") from None
+        raise_os_error(
+            exc,
+            f"powercap meter: {energy}",
+            reasons={e: f"{os.strerror(e)}; {PERMISSION_FIX}" for e in PERMISSION},
+        )
     except ValueError:
-        raise NrgError(f"powercap meter: {energy} does not hold a number") from None
+        raise MeterUnavailable(f"powercap meter: {energy} does not hold a number") from None
     range_path = os.path.join(zone.path, "max_energy_range_uj")
     try:
-        max_range = int(read_text(range_path))
+        modulus = wrap_modulus_nj(int(read_text(range_path)))
     except OSError as exc:
-        raise MeterUnavailable(f"powercap meter: {range_path}: {exc.strerror}") from None
-    except ValueError:
-        raise NrgError(f"powercap meter: {range_path} does not hold a number") from None
-    if max_range <= 0:
-        raise NrgError(f"powercap meter: {range_path} is {max_range}, expected > 0")
-    return energy, value, wrap_modulus_uj(max_range)
+        raise_os_error(exc, f"powercap meter: {range_path}")
+    except ValueError as exc:
+        raise MeterUnavailable(f"powercap meter: {range_path}: malformed ({exc})") from None
+    if not 0 <= value * NJ_PER_UJ < modulus:
+        raise MeterUnavailable(
+            f"powercap meter: {energy} is {value}, outside the counter's range 0.."
+            f"{(modulus - 1) // NJ_PER_UJ} uJ (max_energy_range_uj)"
+        )
+    return energy, modulus
+
+
+def _is_total_zone(zone: _Zone) -> bool:
+    return _PACKAGE.match(zone.domain) is not None or zone.domain == "psys"
 
 
 def open_powercap(root: StrPath = "/sys/class/powercap") -> Meter:
-    """Open every RAPL zone of the powercap tree.
+    """Open every readable RAPL zone of the powercap tree.
+
+    Zones that cannot be read (each zone has its own permissions) are left
+    out, logged and listed in the meter's ``skipped``.
 
     Args:
         root: ``/sys/class/powercap``, or a control type's directory.
 
     Raises:
-        MeterUnavailable: no RAPL zone under ``root`` (no driver, a VM), or
-            ``energy_uj`` not readable (root only since Linux 5.10; the
-            message shows the udev rule that grants read access).
+        MeterUnavailable: no RAPL zone under ``root`` (no driver, a VM), no
+            package or psys zone readable (root only since Linux 5.10; the
+            message shows the udev rule that grants read access), or files
+            that do not hold what the kernel writes there.
     """
-    root_s = os.fspath(root)
+    root_s = _checks.path("root", root)
     if not os.path.isdir(root_s):
         raise MeterUnavailable(
             f"powercap meter: {root_s} does not exist: no powercap driver here "
             "(a VM, or load it with `modprobe intel_rapl_msr`)"
         )
-    zones = _name_domains(_find_zones(root_s))
+    zones, skipped = _name_domains(_find_zones(root_s))
     if not zones:
         raise MeterUnavailable(
             f"powercap meter: no RAPL zone ({', '.join(t + ':*' for t in CONTROL_TYPES)}) "
             f"under {root_s}"
         )
-    zones = zones[: int(lib.NRG_MAX_DOMAINS)]
-    read = [(z, *_read_zone(z)) for z in zones]
+    readable: list[tuple[_Zone, str, int]] = []
+    refusals: list[MeterUnavailable] = []
+    for z in zones:
+        try:
+            readable.append((z, *_read_zone(z)))
+        except MeterUnavailable as exc:
+            refusals.append(exc)
+            skipped.append(f"{z.domain}: {str(exc).removeprefix('powercap meter: ')}")
+    if not any(_is_total_zone(z) for z, *_ in readable):
+        if refusals:  # the first zone's reason names the file and the fix
+            raise MeterUnavailable(
+                f"{refusals[0]}"
+                + (f" (and {len(refusals) - 1} more zones)" if len(refusals) > 1 else "")
+            )
+        raise MeterUnavailable(f"powercap meter: no package or psys zone under {root_s}")
+    domains, dropped = keep_domains("powercap", [z.domain for z, *_ in readable])
+    skipped += [f"{d}: more domains than nrgloops holds" for d in dropped]
+    readable = [r for r in readable if r[0].domain in domains]
 
-    out = ffi.new("nrg_source **")
-    check(lib.nrg_counters_new(out, len(zones)), "powercap meter: creating the counter source")
-    source = ffi.gc(out[0], lib.nrg_source_free)
-    for i, (_zone, energy, _value, modulus) in enumerate(read):
+    source = new_handle(
+        lib.nrg_counters_new,
+        len(readable),
+        WRAP_BOUND_WATTS,
+        what="powercap meter: creating the counter source",
+    )
+    for i, (_zone, energy, modulus) in enumerate(readable):
         check(
             lib.nrg_counters_add_file(
-                source, energy.encode(), lib.NRG_CH_TEXT, 0, UNIT_J, modulus, i
+                source, energy.encode(), lib.NRG_CH_TEXT, 0, NJ_PER_UJ, UNIT_J, modulus, i
             ),
             f"powercap meter: opening {energy}",
             PERMISSION_FIX,
+            unavailable=True,
         )
-    min_range_j = min(modulus for *_, modulus in read) * UNIT_J
-    types = sorted({z.control_type for z in zones}, key=CONTROL_TYPES.index)
+    if skipped:
+        log.warning("nrgloops: powercap meter: left out %s", "; ".join(skipped))
+    min_range_j = min(modulus for *_, modulus in readable) * UNIT_J
+    types = sorted({z.control_type for z, *_ in readable}, key=CONTROL_TYPES.index)
     return Meter(
         source,
         kind="powercap",
         measured=True,
-        domains=[z.domain for z in zones],
+        domains=domains,
         resolution_s=0.001,
         default_period=0.001,
         max_period=min_range_j / (2 * WRAP_BOUND_WATTS),
         description=(
             f"measured: powercap {'/'.join(types)} zones under {root_s} "
-            f"({len(zones)} counters, 1 uJ unit)"
+            f"({len(readable)} counters, 1 uJ shown, wraps exact to the unit)"
         ),
+        skipped=skipped,
     )

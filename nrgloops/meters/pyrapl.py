@@ -16,7 +16,6 @@ thread, so open a new meter there.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -25,10 +24,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from nrgloops import _checks
 from nrgloops._errors import MeterUnavailable
-from nrgloops._ffi import check, ffi, lib
-from nrgloops.meters._base import Meter
-from nrgloops.meters.powercap import wrap_modulus_uj
+from nrgloops._ffi import check, ffi, lib, new_handle
+from nrgloops.meters._base import Meter, keep_domains
+from nrgloops.meters.powercap import wrap_modulus_nj
 
 __all__ = ["PyRaplMeter", "open_pyrapl"]
 
@@ -36,11 +36,11 @@ UJ = 1e-6
 _DEVICES = ("package", "dram")  # pyRAPL's Device.PKG = 0, Device.DRAM = 1
 
 
-def _moduli(sensor: Any) -> dict[int, int]:
-    """Wrap modulus (uJ, one RAPL unit past max_energy_range_uj: see
-    powercap.wrap_modulus_uj) per position of energy(), found beside the
-    energy_uj files pyRAPL holds open; {} where it cannot be found."""
-    out: dict[int, int] = {}
+def _moduli(sensor: Any) -> dict[int, float]:
+    """Wrap modulus (uJ, 2^32 RAPL units, exact: see powercap.wrap_modulus_nj)
+    per position of energy(), found beside the energy_uj files pyRAPL holds
+    open; {} where it cannot be found."""
+    out: dict[int, float] = {}
     apis = getattr(sensor, "_device_api", None)
     if not isinstance(apis, dict):
         return out
@@ -53,8 +53,8 @@ def _moduli(sensor: Any) -> dict[int, int]:
                 continue
             try:
                 with open(os.path.join(os.path.dirname(name), "max_energy_range_uj")) as r:
-                    modulus = wrap_modulus_uj(int(r.read().strip()))
-            except (OSError, ValueError):  # ValueError: not a number, or <= 0
+                    modulus = wrap_modulus_nj(int(r.read().strip())) / 1000
+            except (OSError, ValueError):  # ValueError: not a number, or not a range
                 continue
             out[int(socket) * 2 + int(device)] = modulus
     return out
@@ -68,7 +68,7 @@ class _Poller:
         source: Any,
         sensor: Any,
         positions: Sequence[int],
-        moduli: dict[int, int],
+        moduli: dict[int, float],
         first: Sequence[float],
         period: float,
     ) -> None:
@@ -206,10 +206,7 @@ def open_pyrapl(period: float = 0.01, sensor: Any = None) -> PyRaplMeter:
     Raises:
         MeterUnavailable: pyRAPL is not installed or cannot read here.
     """
-    if isinstance(period, bool) or not isinstance(period, (int, float)):
-        raise TypeError(f"period must be a number of seconds, not {type(period).__name__}")
-    if not math.isfinite(period) or not 0 < period <= 10:
-        raise ValueError(f"period must be in (0, 10] seconds, got {period!r}")
+    period = _checks.number("period", period, "seconds", lo=0.0, hi=10.0, lo_open=True)
     if sensor is None:
         sensor = _make_sensor()
     try:
@@ -219,18 +216,15 @@ def open_pyrapl(period: float = 0.01, sensor: Any = None) -> PyRaplMeter:
             f"pyrapl meter: pyRAPL's Sensor.energy() failed: {type(exc).__name__}: {exc}"
         ) from None
     sockets = sorted({pos // 2 for pos, v in enumerate(first) if v >= 0})
-    positions = [pos for pos, v in enumerate(first) if v >= 0 and pos // 2 in sockets][
-        : int(lib.NRG_MAX_DOMAINS)
-    ]
+    positions = [pos for pos, v in enumerate(first) if v >= 0 and pos // 2 in sockets]
     if not positions:
         raise MeterUnavailable("pyrapl meter: pyRAPL reports no package or DRAM counter")
-    domains = [f"{_DEVICES[pos % 2]}-{sockets.index(pos // 2)}" for pos in positions]
-
-    out = ffi.new("nrg_source **")
-    check(lib.nrg_push_new(out, len(domains)), "pyrapl meter: creating the push source")
-    source = ffi.gc(out[0], lib.nrg_source_free)
+    names = [f"{_DEVICES[pos % 2]}-{sockets.index(pos // 2)}" for pos in positions]
+    domains, dropped = keep_domains("pyrapl", names)
+    positions = [pos for pos, name in zip(positions, names, strict=True) if name in domains]
+    source = new_handle(lib.nrg_push_new, len(domains), what="pyrapl meter: creating the source")
     poller = _Poller(
-        source, sensor, positions, _moduli(sensor), [first[p] for p in positions], float(period)
+        source, sensor, positions, _moduli(sensor), [first[p] for p in positions], period
     )
     poller.push()  # time zero: 0 J everywhere
     meter = PyRaplMeter(
@@ -238,11 +232,12 @@ def open_pyrapl(period: float = 0.01, sensor: Any = None) -> PyRaplMeter:
         kind="pyrapl",
         measured=True,
         domains=domains,
-        resolution_s=float(period),
-        default_period=float(period),
+        resolution_s=period,
+        default_period=period,
         description=(
             f"measured: RAPL through pyRAPL, polled every {period * 1000:g} ms by a Python thread"
         ),
+        skipped=[f"{d}: more domains than nrgloops holds" for d in dropped],
     )
     thread = threading.Thread(target=poller.run, name="nrgloops-pyrapl", daemon=True)
     meter._poller = poller
