@@ -587,6 +587,8 @@ class Knob:
             self._spread(now)
         early = now - self._t_first < 0.5 * window  # the first windows hold few samples
         if not mix:
+            if cap != self._cap and self._cap == self._cap:
+                self._ceiling, self._hold = None, 0.0  # a new cap: what was over may not be
             if not early:
                 self._learn(power, now, window)
                 self._update(power, cap, now, window)
