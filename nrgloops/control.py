@@ -108,7 +108,7 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from nrgloops._checks import boolean, number
 
@@ -289,7 +289,10 @@ class PowerModel:
         self._table = None
 
 
-class Knob:
+N = TypeVar("N", int, float)  # a knob's level: int when lo, hi and step are ints
+
+
+class Knob(Generic[N]):
     """A level in ``[lo, hi]`` on a grid of ``step``, moved to hold a power cap.
 
     >>> threads = Knob(2, 16, 2)                 # mixed levels, learned model
@@ -333,10 +336,10 @@ class Knob:
 
     def __init__(
         self,
-        lo: float,
-        hi: float,
-        step: float,
-        start: float | None = None,
+        lo: N,
+        hi: N,
+        step: N,
+        start: N | None = None,
         policy: str = "mix",
         band: float = 0.05,
         dwell: float | None = None,
@@ -398,7 +401,7 @@ class Knob:
         self.model = PowerModel(self._levels + 1, noise_f, drift_f, phase_f)
         self._work = self._check_work(work)
         self._index = self._nearest(first)
-        self.value: int | float = self._level(self._index)
+        self.value: N = self._level(self._index)
         self.reversals = 0
         self.moves = 0
         self._direction = 0
@@ -461,9 +464,9 @@ class Knob:
     def _nearest(self, v: float) -> int:
         return max(0, min(self._levels, int(round((v - self.lo) / self.step))))
 
-    def _level(self, index: int) -> int | float:
+    def _level(self, index: int) -> N:
         v = self.lo + index * self.step
-        return int(round(v)) if self._int else v
+        return cast(N, int(round(v)) if self._int else v)
 
     @property
     def levels(self) -> int:
@@ -471,7 +474,7 @@ class Knob:
         return self._levels + 1
 
     @property
-    def top(self) -> int | float:
+    def top(self) -> N:
         """The top level: the last ``lo + k * step`` that is ``<= hi``."""
         return self._level(self._levels)
 

@@ -115,7 +115,7 @@ def check_caps(caps: object) -> list[float]:
 
 
 def cap_warnings(
-    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob
+    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob[int]
 ) -> list[str]:
     """A line for each cap outside what the modes can hold, saying which
     mode cannot: below idle none can; below the NRG-loop's least setting
@@ -156,7 +156,7 @@ def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> 
     return sorted({round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions})
 
 
-def thread_knob(cores: int, policy: str = "mix") -> Knob:
+def thread_knob(cores: int, policy: str = "mix") -> Knob[int]:
     """The paper's thread knob: steps of 2 threads (2, 4, ... up to the cores),
     steps of 1 on machines with fewer than 4 cores; the policy "mix" (the
     library's default) or "step" (the paper's ramp), "aimd", "pi"."""
