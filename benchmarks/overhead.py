@@ -37,7 +37,7 @@ def body(x: int) -> int:
 Case = Callable[[range], None]
 
 
-def make_cases(meter: str) -> tuple[dict[str, Case], list[AdaptedFunction[int]]]:
+def make_cases(meter: str) -> tuple[dict[str, Case], list[AdaptedFunction[..., int]]]:
     """The loops to time, and the adapted functions whose loops to open first."""
     high = PowerCap(1e9, meter=meter)  # never over: the full variant runs
     low = PowerCap(1e-9, meter=meter)  # always over: the alternate runs

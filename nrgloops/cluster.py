@@ -26,7 +26,8 @@ The keeper (:class:`PowerBudget`, one Ray actor taking no CPU) holds the total i
 watts.  Each worker holds a *lease*: a share in watts, valid ``expiry`` seconds (three
 periods by default).  A :class:`LeasedCap` is a :class:`~nrgloops.PowerCap` whose
 ``watts`` follow the lease; a background thread renews it every ``period`` (1 s by
-default), and the worker's loop follows the new watts from its next tick.
+default) -- at once when the worker's demand moves by 10% -- and the worker's loop
+follows the new watts from its next tick.
 
 - A lease that is not renewed expires on the keeper's clock and its watts go back to
   the pool: a dead or hung worker keeps nothing but its floor (below), and that only
@@ -63,8 +64,10 @@ known yet, Slurm's rule is the fallback: drawing under ``lower`` (90%) of its le
 wants what it draws (plus headroom), over ``upper`` (95%) it wants all it can get,
 in between it keeps its lease.  ``policy="even"`` ignores demands (an even split by
 weight: the baseline of ``benchmarks/cluster.py``).  A target is granted at the
-worker's next renewal, within what the other workers' leases leave free; so slack
-freed by one worker is in use by another within about two periods.
+worker's next renewal, within what the other workers' leases leave free.  A worker
+whose demand drops renews at once and acknowledges its lower lease as soon as it has
+applied it, so its slack is in the others' leases at their next renewals: within
+about one period (a few knob windows more for the knob's model to see the drop).
 
 Energy
 ------
@@ -105,6 +108,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -124,6 +128,8 @@ FORGET_EXPIRIES = 20.0  # a silent worker's floor stays booked this many expirie
 LOWER, UPPER = 0.90, 0.95  # Slurm's thresholds, for workers that report no demand
 _EPS = 1e-9  # watts: what float sums may be off by
 _TINY_J = 1e-9  # an allowance of nothing (an EnergyBudget must be > 0 J)
+CHECKS_PER_PERIOD = 4  # how often a lease's thread looks at the demand, per period
+DEMAND_MOVE = 0.10  # a demand that moved by 10% is renewed at once
 
 
 def _ray() -> Any:
@@ -529,7 +535,13 @@ class PowerBudget:
             "joules": joules,
         }
         self.name, self.namespace, self.floor = name, namespace, floor
-        self._actor = _actor_class().options(**options).remote(watts, settings)
+        try:
+            self._actor = _actor_class().options(**options).remote(watts, settings)
+        except ValueError as exc:  # Ray: the name is taken
+            raise NrgError(
+                f"a power budget keeper named {name!r} already runs in this Ray namespace "
+                f"({exc}); use PowerBudget.connect({name!r}) or another name"
+            ) from None
         self._config: dict[str, Any] = ray.get(self._actor.config.remote())
 
     @classmethod
@@ -688,6 +700,8 @@ class LeasedCap(PowerCap):
         self._ttl = float(budget._config["expiry"])
         self._expires = -math.inf
         self._renewals = self._failures = 0
+        self._sent = -math.inf
+        self._reported = math.nan
         self._reachable = False
         self._warned: set[str] = set()
         self._last_read = self._read()
@@ -712,8 +726,13 @@ class LeasedCap(PowerCap):
                     f"(floor {floor:g} W); is the keeper running and the budget not full?"
                 )
         self._following = True
+        # (the thread holds the cap weakly: a cap dropped without close() stops
+        # renewing, and its lease expires at the keeper)
         self._thread = threading.Thread(
-            target=self._run, name=f"nrgloops lease {budget.name}", daemon=True
+            target=_renewing,
+            args=(weakref.ref(self), self._stop, self.period / CHECKS_PER_PERIOD),
+            name=f"nrgloops lease {budget.name}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -786,13 +805,7 @@ class LeasedCap(PowerCap):
         t0, j0 = self._last_read
         self._last_read = (t, j)
         drawn = (j - j0) / (t - t0) if t > t0 else math.nan
-        demand = self._demand_w
-        if self._demand_fn is not None:
-            try:
-                demand = _demand("demand", self._demand_fn())
-            except (TypeError, ValueError) as exc:
-                self._warn_once("demand", f"LeasedCap: the demand reported is not usable: {exc}")
-                demand = math.nan
+        demand = self._reported = self._demand_now()
         return {
             "floor": self.floor,
             "weight": self.weight,
@@ -805,9 +818,27 @@ class LeasedCap(PowerCap):
             "held_j": self._allowed_j if self._allowed_j < math.inf else 0.0,
         }
 
+    def _demand_now(self) -> float:
+        if self._demand_fn is None:
+            return self._demand_w
+        try:
+            return _demand("demand", self._demand_fn())
+        except (TypeError, ValueError) as exc:
+            self._warn_once("demand", f"LeasedCap: the demand reported is not usable: {exc}")
+            return math.nan
+
+    def _demand_moved(self) -> bool:
+        """The demand moved by more than DEMAND_MOVE since it was last reported."""
+        now, then = self._demand_now(), self._reported
+        if now != now:
+            return False
+        if then != then:
+            return True
+        return abs(now - then) > DEMAND_MOVE * max(then, self.floor)
+
     def _renew(self) -> bool:
         """One renewal; True when a lease was granted."""
-        sent = time.monotonic()
+        sent = self._sent = time.monotonic()
         self._seq += 1
         report = self._report()
         try:
@@ -842,19 +873,29 @@ class LeasedCap(PowerCap):
         with self._lock:
             self._failures += 0 if answered else 1
             self._reachable = answered
-            if self._lease > 0:
-                low = min(self.floor, self._lease)
-                left = max(0.0, min(1.0, (self._expires - now) / self._ttl))
-                self._apply(min(self._watts, low + (self._lease - low) * left))
+            self._shrink(now)
             self.history.append((now, self._watts, answered))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
+    def _shrink(self, now: float) -> None:
+        if self._lease > 0:
+            low = min(self.floor, self._lease)
+            left = max(0.0, min(1.0, (self._expires - now) / self._ttl))
+            self._apply(min(self._watts, low + (self._lease - low) * left))
+
+    def _check(self) -> None:
+        """Every quarter period: renew when a period is up, or at once when the
+        demand moved (its slack reaches the others a period sooner); while the
+        keeper is away, keep shrinking toward the floor in between."""
+        try:
+            now = time.monotonic()
+            if now - self._sent >= self.period * 0.999 or self._demand_moved():
                 self._renew()
-            except Exception as exc:  # never let the thread die: shrink and retry
-                self._warn_once(type(exc).__name__, f"LeasedCap: renewal failed: {exc}")
-                self._fallback(time.monotonic(), answered=False)
+            elif not self._reachable:
+                with self._lock:
+                    self._shrink(now)
+        except Exception as exc:  # never let the thread die: shrink and retry
+            self._warn_once(type(exc).__name__, f"LeasedCap: renewal failed: {exc}")
+            self._fallback(time.monotonic(), answered=False)
 
     def _warn_once(self, key: str, text: str) -> None:
         if key not in self._warned:
@@ -888,6 +929,15 @@ class LeasedCap(PowerCap):
             f"LeasedCap({self._watts:g} W of budget {self.budget.name!r}, "
             f"floor {self.floor:g} W, {self.meter.kind}, {self.meter.label})"
         )
+
+
+def _renewing(ref: weakref.ref[LeasedCap], stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        cap = ref()
+        if cap is None:
+            return
+        cap._check()
+        del cap
 
 
 class _LeasedEnergy(EnergyBudget):

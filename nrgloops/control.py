@@ -105,7 +105,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from nrgloops._checks import boolean, number
 
@@ -252,7 +252,10 @@ class PowerModel:
         self._table = None
 
 
-class Knob:
+N = TypeVar("N", int, float)  # a knob's level: int when lo, hi and step are ints
+
+
+class Knob(Generic[N]):
     """A level in ``[lo, hi]`` on a grid of ``step``, moved to hold a power cap.
 
     >>> threads = Knob(2, 16, 2)                 # mixed levels, learned model
@@ -291,10 +294,10 @@ class Knob:
 
     def __init__(
         self,
-        lo: float,
-        hi: float,
-        step: float,
-        start: float | None = None,
+        lo: N,
+        hi: N,
+        step: N,
+        start: N | None = None,
         policy: str = "mix",
         band: float = 0.05,
         dwell: float | None = None,
@@ -354,7 +357,7 @@ class Knob:
             raise ValueError(f"start must be in [lo, hi] = [{lo!r}, {hi!r}], got {start!r}")
         self.model = PowerModel(self._levels + 1, noise_f, drift_f, phase_f)
         self._index = self._nearest(first)
-        self.value: int | float = self._level(self._index)
+        self.value: N = self._level(self._index)
         self.reversals = 0
         self.moves = 0
         self._direction = 0
@@ -399,9 +402,9 @@ class Knob:
     def _nearest(self, v: float) -> int:
         return max(0, min(self._levels, int(round((v - self.lo) / self.step))))
 
-    def _level(self, index: int) -> int | float:
+    def _level(self, index: int) -> N:
         v = self.lo + index * self.step
-        return int(round(v)) if self._int else v
+        return cast(N, int(round(v)) if self._int else v)
 
     @property
     def levels(self) -> int:
@@ -409,7 +412,7 @@ class Knob:
         return self._levels + 1
 
     @property
-    def top(self) -> int | float:
+    def top(self) -> N:
         """The top level: the last ``lo + k * step`` that is ``<= hi``."""
         return self._level(self._levels)
 

@@ -32,18 +32,19 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import threading
 import time
 import types
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
-from nrgloops.report import SHORT_LOOP_NOTE, Recorder, Report, Value, ring_history
+from nrgloops.report import Recorder, Report, Value, ring_history
 from nrgloops.sampler import Sampler
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")  # an adapted function's parameters: its calls are type-checked
 
 TICK_S = 0.002  # aim: one tick every 2 ms (a clock read costs ~100 ns here)
 MAX_STRIDE = 1 << 14
@@ -81,6 +83,22 @@ def running_loops() -> list[_Loop]:
     with _running_lock:
         loops = list(_running)
     return sorted(loops, key=lambda loop: loop._t0)
+
+
+def _forget_in_child() -> None:
+    # A forked child (multiprocessing's default start on Linux) holds copies
+    # of the parent's adapted functions: each starts a loop of its own there.
+    # (Truncated, perforated and `with` loops are left alone: a child that
+    # goes on iterating one goes on with its copy.)
+    global _running_lock
+    _running_lock = threading.Lock()  # a parent thread may have held it
+    for loop in list(_running):
+        if isinstance(loop, AdaptedFunction):
+            _running.discard(loop)
+            loop._forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _check_constraint(cap: Any, name: str, kind: type) -> None:
@@ -107,7 +125,7 @@ class _Loop:
     )
 
     def __init__(
-        self, constraint: PowerCap | EnergyBudget, knob: Knob | None, name: str = ""
+        self, constraint: PowerCap | EnergyBudget, knob: Knob[Any] | None, name: str = ""
     ) -> None:
         self._constraint = constraint
         self._meter = constraint.meter
@@ -120,7 +138,7 @@ class _Loop:
         self.name = name
         self._full = True  # the hot path: run the full body (set at ticks)
         # without a knob, an adapted loop mixes its two bodies: a 2-level knob
-        self._share: Knob | None = None
+        self._share: Knob[Any] | None = None
         if knob is None and self.kind == "adapt":
             self._share = Knob(0, 1, 1)
             self._share._bottom_text = "the alternate (degraded) body"
@@ -269,7 +287,8 @@ class _Loop:
 
     def _value(self, power: float) -> Value:
         if self.knob is not None:
-            return self.knob.value
+            level: int | float = self.knob.value
+            return level
         return "adapt" if self._full else "alternate"
 
     @property
@@ -295,46 +314,22 @@ class _Loop:
     def _build(self, running: bool) -> Report:
         rec = self._rec
         assert rec is not None
-        duration = max(self._t_end - self._t0, 0.0)
-        # Energy between the sampler's first and last rows of the loop, and
-        # the average power over exactly that span (not over the wall-clock
-        # duration, which the rows miss by up to a sampler period at each end).
-        span = self._last[0] - self._first[0]
-        note = ""
-        over = rec.over_fraction()
-        if span > 0:
-            energy = self._last[1] - self._first[1]
-            avg = energy / span
-            peak = rec.peak if rec.peak > -math.inf else avg
-        else:
-            # one row: nothing measured the loop (the published power is
-            # still 0 W before a fresh sampler's second row)
-            energy = avg = peak = math.nan
-            over = None if over is None else math.nan
-            period = self._sampler.period if self._sampler is not None else math.nan
-            note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
         knob = self.knob
-        knob_state = knob.state() if knob is not None else None
         ctl = knob if knob is not None else self._share
         c = self._constraint
-        return Report(
+        return rec.report(
+            self._first,
+            self._last,
+            meter=self._meter,
+            period=self._sampler.period if self._sampler is not None else math.nan,
             kind=self.kind,
             iterations=self._iterations(),
-            duration_s=duration,
-            energy_j=energy,
-            avg_power_w=avg,
-            peak_power_w=peak,
-            over_cap_fraction=over,
-            measured=self._meter.measured,
-            meter=self._meter.kind,
-            window_s=self._window,
+            duration_s=max(self._t_end - self._t0, 0.0),
             cap_w=c.watts if isinstance(c, PowerCap) else None,
             budget_j=c.joules if isinstance(c, EnergyBudget) else None,
-            knob=knob_state,
+            knob=knob.state() if knob is not None else None,
             running=running,
             name=self.name,
-            timeline=list(rec.points),
-            note=note,
             cap_unreachable_w=ctl.unreachable_w if ctl is not None else None,
             cap_bound=ctl.bound if ctl is not None and isinstance(c, PowerCap) else None,
         )
@@ -377,12 +372,12 @@ class AdaptLoop(_Loop):
     an ``AdaptedFunction``.
     """
 
-    def __init__(self, cap: PowerCap, knob: Knob | None = None) -> None:
+    def __init__(self, cap: PowerCap, knob: Knob[Any] | None = None) -> None:
         _check_constraint(cap, "cap", PowerCap)
         super().__init__(cap, knob)
         self.cap = cap
 
-    def __call__(self, body: Callable[..., R]) -> AdaptedFunction[R]:
+    def __call__(self, body: Callable[P, R]) -> AdaptedFunction[P, R]:
         return AdaptedFunction(self.cap, body, knob=self.knob)
 
     def __enter__(self) -> AdaptLoop:
@@ -413,7 +408,7 @@ class AdaptLoop(_Loop):
         raise NrgError("use `with nrg_adapt(cap) as loop:` before reading loop.under_cap")
 
 
-class AdaptedFunction(_Loop, Generic[R]):
+class AdaptedFunction(_Loop, Generic[P, R]):
     """A function adapted to a power cap (made by ``@nrg_adapt(cap)``).
 
     Each call is one iteration: it runs the function while the windowed
@@ -427,14 +422,14 @@ class AdaptedFunction(_Loop, Generic[R]):
     __slots__ = ("_body", "_else")
 
     def __new__(
-        cls, cap: PowerCap, body: Callable[..., R], knob: Knob | None = None
-    ) -> AdaptedFunction[R]:
+        cls, cap: PowerCap, body: Callable[P, R], knob: Knob[Any] | None = None
+    ) -> AdaptedFunction[P, R]:
         # Each adapted function gets its own class, whose __call__ has the
         # body's signature (calls cost ~100 ns less than with *args, **kwargs).
         sub = type(cls.__name__, (cls,), {"__slots__": ()})
         return super().__new__(sub)
 
-    def __init__(self, cap: PowerCap, body: Callable[..., R], knob: Knob | None = None) -> None:
+    def __init__(self, cap: PowerCap, body: Callable[P, R], knob: Knob[Any] | None = None) -> None:
         _check_constraint(cap, "cap", PowerCap)
         if not callable(body):
             raise TypeError(f"body must be callable, not {type(body).__name__}")
@@ -442,8 +437,8 @@ class AdaptedFunction(_Loop, Generic[R]):
         super().__init__(cap, knob, name=name)
         self.cap = cap
         self._body = body
-        self._alternate: Callable[..., R] | None = None
-        self._else: Callable[..., R] = body  # what runs over the cap
+        self._alternate: Callable[P, R] | None = None
+        self._else: Callable[P, R] = body  # what runs over the cap
         functools.update_wrapper(self, body)
         self._specialise()
 
@@ -457,7 +452,7 @@ class AdaptedFunction(_Loop, Generic[R]):
         call = self._make(self._body, self._else)
         type(self).__call__ = call  # type: ignore[method-assign]
 
-    def alternate(self, body: Callable[..., R]) -> Callable[..., R]:
+    def alternate(self, body: Callable[P, R]) -> Callable[P, R]:
         """Register the degraded variant (use as a decorator); returns it unchanged."""
         if not callable(body):
             raise TypeError(f"the alternate body must be callable, not {type(body).__name__}")
@@ -471,7 +466,7 @@ class AdaptedFunction(_Loop, Generic[R]):
             self._specialise()
         return body
 
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         # Replaced per instance by a copy with the body's own signature (see
         # _specialise): forwarding *args, **kwargs costs ~100 ns a call.
         self._n += 1
@@ -495,7 +490,7 @@ class AdaptedFunction(_Loop, Generic[R]):
         """End the loop: stop its sampler, freeze its report."""
         self._stop()
 
-    def __enter__(self) -> AdaptedFunction[R]:
+    def __enter__(self) -> AdaptedFunction[P, R]:
         with self._lock:
             if self._sampler is None:
                 self._reset_counters()
@@ -509,6 +504,27 @@ class AdaptedFunction(_Loop, Generic[R]):
     def __get__(self, obj: object, objtype: type | None = None) -> Any:
         # so that an adapted method gets its self
         return self if obj is None else types.MethodType(self, obj)
+
+    def __reduce__(self) -> str:
+        # Pickled by reference, like the function it adapts: the process that
+        # unpickles it uses its own copy from the module, with its own loop
+        # (multiprocessing.Pool.map(adapted, ...) works; a local one fails
+        # to pickle as a local function does).
+        return self.name  # the body's __qualname__
+
+    def _forget(self) -> None:
+        """In a forked child: let go of the parent's running loop (its sampler
+        runs on in the child, unused); the child's next call starts its own."""
+        self._lock = threading.RLock()
+        self._sampler = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self._pub = _IDLE
+        self._full = True
+        self._report = None
+        self._reset_counters()
+        self._install()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "idle"
@@ -589,7 +605,7 @@ def _make_call(body: Callable[..., Any], with_alternate: bool) -> _Factory:
     return make
 
 
-def nrg_adapt(cap: PowerCap, knob: Knob | None = None) -> AdaptLoop:
+def nrg_adapt(cap: PowerCap, knob: Knob[Any] | None = None) -> AdaptLoop:
     """An adapted loop under a power cap: a decorator or a context manager.
 
     As a decorator, ``@nrg_adapt(cap)`` makes each call of the function one
@@ -603,7 +619,9 @@ def nrg_adapt(cap: PowerCap, knob: Knob | None = None) -> AdaptLoop:
     return AdaptLoop(cap, knob)
 
 
-def nrg_alternate(adapted: AdaptedFunction[R]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+def nrg_alternate(
+    adapted: AdaptedFunction[P, R],
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Register the decorated function as the degraded variant of ``adapted``."""
     if not isinstance(adapted, AdaptedFunction):
         raise TypeError(

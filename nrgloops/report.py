@@ -26,6 +26,7 @@ from nrgloops import _checks
 from nrgloops.sampler import DEFAULT_HISTORY_S
 
 if TYPE_CHECKING:
+    from nrgloops.meters import Meter
     from nrgloops.sampler import Sampler
 
 __all__ = ["MAX_TIMELINE_POINTS", "SHORT_LOOP_NOTE", "Report", "WindowStats", "ring_history"]
@@ -379,10 +380,12 @@ class WindowStats:
         trace_every: float = 0.0,
     ) -> None:
         self.sampler = sampler
-        self.window = window
-        self.domain = domain
-        self.cap = math.inf if cap_w is None else cap_w  # may change between pulls
-        self.t0 = time.monotonic() if t0 is None else t0
+        self.window = _checks.number("window", window, "seconds", lo=0.0, lo_open=True)
+        self.domain = sampler.meter.domains[sampler.meter.domain_index(domain)] if domain else None
+        # the cap may change between pulls (a PowerCap changed at run time)
+        self.cap = math.inf if cap_w is None else _checks.number("cap_w", cap_w, "watts")
+        self.t0 = time.monotonic() if t0 is None else _checks.number("t0", t0, "seconds")
+        trace_every = _checks.number("trace_every", trace_every, "seconds", lo=0.0)
         self.after = self.t0  # samples up to here are counted
         self.pulled = self.t0
         self.last_w = math.nan  # the newest windowed power pulled, W
@@ -391,6 +394,7 @@ class WindowStats:
         self._over = [0.0, 0.0]
         self._covered = [0.0, 0.0]
         self._ends: list[tuple[float, float]] = []
+        self._stop = math.inf  # end(): the end reading's time
         # (time, windowed power) at most every trace_every s (0: none), for a figure
         self.trace_every = trace_every
         self.trace: list[tuple[float, float]] = []
@@ -407,9 +411,8 @@ class WindowStats:
         times, watts = self.sampler.series(
             self.after, self.window, self.domain, max_points=self._max_series
         )
-        if len(self._ends) == 2:  # ended: no sample after the end reading counts
-            stop = self._ends[1][0]
-            times = [t for t in times if t <= stop]
+        if self._stop < math.inf:  # ended: no sample after the end reading counts
+            times = [t for t in times if t <= self._stop]
             watts = watts[: len(times)]
         prev = self.after
         cap, gap, period = self.cap, self._gap, self.sampler.period
@@ -447,6 +450,7 @@ class WindowStats:
         if not self._ends:
             raise RuntimeError("WindowStats.end() before begin()")
         self._ends[1:] = [reading if reading is not None else self.sampler.latest(self.domain)]
+        self._stop = self._ends[1][0]
         self.pull()
 
     # -- the figures -------------------------------------------------------------
@@ -533,3 +537,46 @@ class Recorder(WindowStats):
         """Share of the covered time over the cap; None without a cap, NaN
         before any sample was covered."""
         return self.over_share()
+
+    def report(
+        self,
+        first: tuple[float, float],
+        last: tuple[float, float],
+        *,
+        meter: Meter,
+        period: float,
+        **facts: Any,
+    ) -> Report:
+        """The loop's Report, its figures by the definitions above.
+
+        ``first`` and ``last``: the sampler rows (time, J) at the loop's start
+        and now (or its end): the energy and the average power are the
+        counter's between them.  Fewer than two rows inside the loop: no
+        figures (NaN) and the reason in ``note``.  A loop with rows but no
+        sample pulled yet has its average as its peak.  ``facts``: the
+        Report's other fields (kind, iterations, duration_s, cap_w, ...).
+        """
+        self._ends[:] = [first, last]
+        over = self.over_share()
+        note = ""
+        if self.duration_s > 0:
+            energy, avg = self.energy_j, self.average_w
+            peak = avg if math.isnan(self.peak_w) else self.peak_w
+        else:
+            # one row: nothing measured the loop (the published power is
+            # still 0 W before a fresh sampler's second row)
+            energy = avg = peak = math.nan
+            over = None if over is None else math.nan
+            note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
+        return Report(
+            energy_j=energy,
+            avg_power_w=avg,
+            peak_power_w=peak,
+            over_cap_fraction=over,
+            measured=meter.measured,
+            meter=meter.kind,
+            window_s=self.window,
+            timeline=list(self.points),
+            note=note,
+            **facts,
+        )

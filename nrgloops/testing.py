@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nrgloops._checks import boolean, count, number
 from nrgloops._errors import NrgError
@@ -304,7 +304,7 @@ class SimulatedPlant:
 
     def drive(
         self,
-        knob: Knob,
+        knob: Knob[Any],
         cap: float | Callable[[float], float],
         seconds: float,
         *,

@@ -3,7 +3,10 @@ leases on a local Ray (one ray.init for the module; skipped without Ray)."""
 
 from __future__ import annotations
 
+import gc
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -93,6 +96,13 @@ class Sim:
         if w not in self.held:
             return 0.0
         return self.held[w] if now < self.until[w] else min(floor, self.held[w])
+
+
+def test_the_core_and_the_cluster_module_import_no_ray() -> None:
+    code = "import sys, nrgloops, nrgloops.cluster; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"  # Ray is imported when a keeper or lease is made
 
 
 # ---------------------------------------------------------------------------
@@ -399,6 +409,23 @@ def test_caps_share_the_budget_and_follow_demands(budget: PowerBudget) -> None:
 
 
 @needs_ray
+def test_slack_reaches_a_capped_worker_within_three_renewals_on_ray(budget: PowerBudget) -> None:
+    wants = {"a": 80.0}
+    a = LeasedCap(budget, meter=FakeMeter(40.0), demand=lambda: wants["a"])
+    b = LeasedCap(budget, meter=FakeMeter(40.0), demand=1000.0)
+    try:
+        assert wait_for(lambda: b.watts == pytest.approx(50.0), timeout=10 * FAST + 2)
+        renewals = b.lease.renewals
+        wants["a"] = 10.0  # a's demand drops: it renews at once, b gets the slack
+        assert wait_for(lambda: b.watts >= 100.0 - 10.5 - 1e-6, timeout=3 * FAST + 2.0)
+        # (the 2 s are for a loaded CI machine; the count is what the target is about)
+        assert b.lease.renewals - renewals <= 3
+    finally:
+        a.close()
+        b.close()
+
+
+@needs_ray
 def test_a_killed_workers_watts_return_within_the_expiry(budget: PowerBudget) -> None:
     holder = ray.remote(num_cpus=0)(Holder).remote(budget)
     here = LeasedCap(budget, meter=FakeMeter(40.0), demand=1000.0)
@@ -416,6 +443,21 @@ def test_a_killed_workers_watts_return_within_the_expiry(budget: PowerBudget) ->
 
 
 @needs_ray
+def test_a_cap_dropped_without_close_stops_renewing(budget: PowerBudget) -> None:
+    cap = LeasedCap(budget, meter=FakeMeter(40.0), demand=1000.0)
+    worker = cap._id
+    thread = cap._thread
+    del cap
+    gc.collect()
+    thread.join(timeout=5.0)
+    assert not thread.is_alive()
+    # its lease expires at the keeper: only its floor stays booked
+    assert wait_for(
+        lambda: budget.status()["workers"][worker]["state"] == "silent", timeout=3 * FAST + 2
+    )
+
+
+@needs_ray
 def test_no_worker_exceeds_its_last_share_when_the_keeper_restarts(budget: PowerBudget) -> None:
     a = LeasedCap(budget, meter=FakeMeter(40.0), demand=1000.0)
     b = LeasedCap(budget, meter=FakeMeter(40.0), demand=1000.0)
@@ -430,9 +472,11 @@ def test_no_worker_exceeds_its_last_share_when_the_keeper_restarts(budget: Power
                 assert c.watts <= last[id(c)] + 1e-9
                 seen_unreachable |= not c.lease.reachable
             time.sleep(0.01)
-        assert budget.status()["epoch"] != ""  # the keeper is back...
-        assert wait_for(lambda: a.lease.reachable and b.lease.reachable, timeout=3.0)
-        assert budget.status()["reserved_w"] <= 100.0 + 1e-6  # ...and knows both again
+        # the keeper is back (a new Ray worker process: seconds on a loaded machine)...
+        assert wait_for(lambda: a.lease.reachable and b.lease.reachable, timeout=20.0)
+        status = budget.status()
+        assert set(status["workers"]) == {a._id, b._id}  # ...and knows both again
+        assert status["reserved_w"] <= 100.0 + 1e-6
     finally:
         a.close()
         b.close()
@@ -471,6 +515,8 @@ def test_leased_cap_bad_input_names_the_argument(budget: PowerBudget) -> None:
         LeasedCap(42, meter=meter)  # type: ignore[arg-type]
     with pytest.raises(NrgError, match="no power budget keeper named"):
         LeasedCap("no-such-budget", meter=meter)
+    with pytest.raises(NrgError, match="already runs"):
+        PowerBudget(50.0, name=budget.name)
     with pytest.raises(NrgError, match="no room for another worker's floor"):
         LeasedCap(budget, meter=meter, floor=150.0)
     with pytest.raises(ValueError, match="joules"):

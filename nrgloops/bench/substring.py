@@ -113,7 +113,7 @@ def check_caps(caps: object) -> list[float]:
 
 
 def cap_warnings(
-    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob
+    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob[int]
 ) -> list[str]:
     """A line for each cap outside what the modes can hold, saying which
     mode cannot: below idle none can; below the NRG-loop's least setting
@@ -154,7 +154,7 @@ def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> 
     return sorted({round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions})
 
 
-def thread_knob(cores: int, policy: str = "step") -> Knob:
+def thread_knob(cores: int, policy: str = "step") -> Knob[int]:
     """The paper's thread ramp: steps of 2 threads (2, 4, ... up to the cores),
     steps of 1 on machines with fewer than 4 cores."""
     step = 2 if cores >= 4 else 1
