@@ -63,7 +63,7 @@ from typing import Any
 
 import gpu_harness as h  # beside this file: python puts the script's folder on sys.path
 
-from nrgloops import MeterUnavailable, PowerCap, open_meter
+from nrgloops import MeterUnavailable, PowerCap, _checks, open_meter
 from nrgloops.meters import Meter
 
 HERE = Path(__file__).resolve().parent
@@ -109,7 +109,9 @@ def _row(res: h.StreamResult, cap: float | None) -> dict[str, Any]:
 
 def _caps(cal: dict[str, float], given: str | None) -> list[float]:
     if given:
-        return [float(c) for c in given.split(",") if c.strip()]
+        return _checks.numbers(
+            "--caps", _watts(given), "watts", lo=0.0, lo_open=True, distinct=True
+        )
     lo, hi = cal["cheap"], cal["full"]
     if not hi > lo * 1.1:
         raise SystemExit(
@@ -292,7 +294,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=4.0,
         help="--dry-run: host batch interval = real interval x this",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    positive = {"rate": args.rate, "seconds": args.seconds, "window": args.window}
+    positive |= {"baseline_seconds": args.baseline_seconds, "settle": args.settle}
+    positive |= {"calibrate_seconds": args.calibrate_seconds, "deadline_ms": args.deadline_ms}
+    positive |= {"duty_period": args.duty_period, "slow": args.slow}
+    try:
+        for name, value in positive.items():
+            _checks.number(f"--{name.replace('_', '-')}", value, lo=0.0, lo_open=True)
+        _checks.count("--batch", args.batch, lo=1)
+        if args.caps is not None:
+            _caps({}, args.caps)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def _watts(text: str) -> list[float]:
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            out.append(float(part.removesuffix("W")))
+        except ValueError:
+            raise ValueError(f"--caps: {part!r} is not a number of watts") from None
+    return out
 
 
 @dataclass

@@ -21,7 +21,10 @@
 #    real GPU, runs benchmarks/gpu_cap.py under a hard limit of NRG_GPU_LIMIT_S
 #    seconds (default 330; it takes about 2 minutes), and leaves in $OUT:
 #    gpu_cap.csv, gpu_cap.json, gpu_cap.png, gpu_cap.log, nvidia-smi.txt.  The
-#    PASS/FAIL checks and the summary table are the last lines it prints.
+#    PASS/FAIL checks and the summary table are the last lines it prints; its
+#    exit status is the benchmark's: 1 when a check FAILs.  NRG_GPU_ARGS adds
+#    options to gpu_cap.py (e.g. "--caps 300,350"; the tests run the whole
+#    script with "--dry-run ..." on a simulated GPU).
 #
 # Read only: only nvidia-smi queries and NVML getters; no GPU setting is touched.
 set -u
@@ -90,7 +93,9 @@ for mode in ("auto", "power"):
 EOF
 
 echo "== benchmark (limit ${LIMIT} s)"
-timeout -k 10 "$LIMIT" "$PY" benchmarks/gpu_cap.py --out "$OUT" 2>&1 | tee "$OUT/gpu_cap.log"
+# shellcheck disable=SC2086  # NRG_GPU_ARGS: words, on purpose
+timeout -k 10 "$LIMIT" "$PY" benchmarks/gpu_cap.py --out "$OUT" ${NRG_GPU_ARGS:-} 2>&1 |
+    tee "$OUT/gpu_cap.log"
 rc=$?
 echo "== done: exit $rc after $(( $(date +%s) - T0 )) s; files in \$OUT:"
 ls -l "$OUT"

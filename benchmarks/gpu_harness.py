@@ -8,7 +8,7 @@ add the energy the H200 figures of docs/hardware.md give).  ``run_stream``
 serves a steady stream of batches with either and measures the run through
 ``nrgloops.report.WindowStats`` (the project's one definition of average,
 peak and share over the cap); ``serve_under_cap`` is the NRG-loop service
-(examples/gpu_inference_cap.py shows the same pattern to a user),
+(examples/gpu_inference_cap.py writes the same to a user),
 ``serve_bare`` the paper's bare switch, and ``run_stream(duty=...)`` the
 duty-cycled full model.
 
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nrgloops import Knob, PowerCap, Report, Sampler, nrg_adapt, nrg_alternate
+from nrgloops import Knob, PowerCap, Report, Sampler, _checks, nrg_adapt, nrg_alternate
 from nrgloops.meters import Meter
 from nrgloops.report import WindowStats
 
@@ -42,7 +42,6 @@ __all__ = [
     "OVER_MARGIN",
     "WINDOW_S",
     "Engine",
-    "EvenMix",
     "SimEngine",
     "StreamResult",
     "calibrate",
@@ -100,8 +99,8 @@ class Engine:
         seed: int = 0,
     ) -> None:
         assert torch is not None
-        if not 1 <= cheap_layers < layers:
-            raise ValueError(f"cheap_layers must be in [1, layers), got {cheap_layers} of {layers}")
+        _checks.count("layers", layers, lo=2)
+        _checks.count("cheap_layers", cheap_layers, lo=1, hi=layers - 1)
         self.device = device
         self.cuda = device.startswith("cuda")
         self.width, self.layers, self.cheap_layers, self.batch = width, layers, cheap_layers, batch
@@ -517,127 +516,26 @@ def calibrate(engine: Device, meter: Meter, rate: float, seconds: float = 2.0) -
 # -- the services under a cap ---------------------------------------------------------------
 
 
-class EvenMix:
-    """Error diffusion: True for a share ``knob.value`` of the calls, evenly spread
-    (share 0.25: every 4th call), so every short stretch holds the mix."""
-
-    def __init__(self, knob: Knob[float]) -> None:
-        self.knob = knob
-        self.acc = 0.0
-
-    def take(self) -> bool:
-        self.acc += float(self.knob.value)
-        if self.acc >= 1.0:
-            self.acc -= 1.0
-            return True
-        return False
-
-
-# The share knob's controller (see nrgloops.Knob).
-KNOB: dict[str, Any] = {"policy": "pi", "band": 0.04, "dwell": 0.1, "kp": 0.3, "ki": 0.8}
-SAFETY = 0.10  # the safety net's margin over the cap
-
-
-def _loop_report(rep: Report, **extra: Any) -> dict[str, Any]:
-    """The figures of a loop's report that StreamResult.report keeps (what
-    print_result shows, and the text), plus ``extra``."""
+def _loop_report(rep: Report) -> dict[str, Any]:
+    """The figures of a loop's report that StreamResult.report keeps."""
     return {
-        **extra,
         "iterations": rep.iterations,
         "avg_power_w": rep.avg_power_w,
         "peak_power_w": rep.peak_power_w,
         "over_cap_fraction": rep.over_cap_fraction,
         "window_s": rep.window_s,
         "measured": rep.measured,
+        "knob": rep.knob,
         "text": str(rep),
     }
 
 
-def serve_under_cap(
-    engine: Device,
-    cap: PowerCap,
-    *,
-    rate: float,
-    seconds: float,
-    deadline_s: float,
-    extra_meter: Meter | None = None,
-    settle_s: float = 0.0,
-    start_share: float = 1.0,
-    knob: dict[str, Any] | None = None,
-    safety: float | None = SAFETY,
+def _serve(
+    engine: Device, cap: PowerCap, knob: Knob[int] | None, mode: str, **stream: Any
 ) -> StreamResult:
-    """The NRG-loop: the full model for a share of the batches (a PI knob on
-    the measured power sets the share), the early exit for the rest, and the
-    early exit alone while the power is over the cap by more than ``safety``
-    (``None``: no such net)."""
-    share = Knob(0.0, 1.0, 0.01, start=start_share, **{**KNOB, **(knob or {})})
-    mix = EvenMix(share)
+    """The full model as an adapted function, the early exit as its alternate."""
 
-    @nrg_adapt(cap, knob=share)
-    def mixed(k: int, shed: bool = False) -> bool:
-        # the share of full batches, evenly spread; every batch passes here,
-        # so that the knob sees the power whichever variant runs
-        if not shed and mix.take():
-            engine.full()
-            return True
-        engine.cheap()
-        return False
-
-    serve: Callable[[int], bool] = mixed
-    net: Any = None
-    if safety is not None:
-        # nrg_alternate as a safety net: the early exit alone while the power
-        # is over the cap by more than `safety` (the start, a sudden change).
-        # Not at the cap itself: 100 ms stretches of one variant would swing
-        # the power around the cap (see the module's doc).
-        hard = PowerCap(cap.watts * (1.0 + safety), window=cap.window, meter=cap.meter)
-
-        def through_the_mix(k: int) -> bool:
-            return mixed(k)
-
-        def shed(k: int) -> bool:
-            return mixed(k, shed=True)
-
-        adapted = nrg_adapt(hard)(through_the_mix)
-        nrg_alternate(adapted)(shed)
-        net = serve = adapted
-
-    res = run_stream(
-        engine,
-        serve,
-        mode="nrg-loop",
-        rate=rate,
-        seconds=seconds,
-        deadline_s=deadline_s,
-        meter=cap.meter,
-        extra_meter=extra_meter,
-        cap_w=cap.watts,
-        settle_s=settle_s,
-    )
-    mixed.close()
-    rep = mixed.report
-    shed_its = None
-    if net is not None:
-        net.close()
-        shed_its = net.report.iterations
-    res.report = _loop_report(rep, safety_net=shed_its, knob=rep.knob)
-    return res
-
-
-def serve_bare(
-    engine: Device,
-    cap: PowerCap,
-    *,
-    rate: float,
-    seconds: float,
-    deadline_s: float,
-    extra_meter: Meter | None = None,
-    settle_s: float = 0.0,
-) -> StreamResult:
-    """The paper's bare NRG_ADAPT / NRG_ALTERNATE, for comparison: the full
-    model while the windowed power is <= the cap, else the early exit."""
-
-    @nrg_adapt(cap)
+    @nrg_adapt(cap, knob=knob)
     def full(k: int) -> bool:
         engine.full()
         return True
@@ -647,18 +545,24 @@ def serve_bare(
         engine.cheap()
         return False
 
-    res = run_stream(
-        engine,
-        full,
-        mode="bare-switch",
-        rate=rate,
-        seconds=seconds,
-        deadline_s=deadline_s,
-        meter=cap.meter,
-        extra_meter=extra_meter,
-        cap_w=cap.watts,
-        settle_s=settle_s,
-    )
+    res = run_stream(engine, full, mode=mode, meter=cap.meter, cap_w=cap.watts, **stream)
     full.close()
     res.report = _loop_report(full.report)
     return res
+
+
+def serve_under_cap(engine: Device, cap: PowerCap, **stream: Any) -> StreamResult:
+    """The NRG-loop, as the example writes it: ``nrg_adapt(cap)`` on the full
+    model and ``nrg_alternate`` for the early exit; the library holds the cap
+    by mixing the two, batch by batch (the share of full-model batches is a
+    mixed level with a learned power model: ``nrgloops.control``, policy
+    "mix").  ``stream``: ``run_stream``'s keywords."""
+    return _serve(engine, cap, None, "nrg-loop", **stream)
+
+
+def serve_bare(engine: Device, cap: PowerCap, **stream: Any) -> StreamResult:
+    """The paper's bare switch, for comparison: the full model while the
+    windowed power is <= the cap, else the early exit (a two-level knob moved
+    at every tick, with no hysteresis and no dwell)."""
+    switch = Knob(0, 1, 1, policy="step", band=0.0, dwell=0.0)
+    return _serve(engine, cap, switch, "bare-switch", **stream)

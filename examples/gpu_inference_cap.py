@@ -4,11 +4,12 @@ Requests arrive at a steady rate, in batches.  Each batch is served by the
 full model (8 Linear+GELU layers of 4096x4096, bf16) or by an early exit (its
 first 2 layers).  Under a fixed load the variant is a real power knob on a GPU
 (docs/hardware.md: at 1.2 M requests/s on an H200, 8 layers draw 459 W, 2
-layers 209 W), so a cap between the two is held by mixing them, batch by batch:
-a knob sets the share of full-model batches from the measured power, and
-``nrg_alternate`` is the safety net while the power is 10% over the cap.
+layers 209 W), so a cap between the two is held by mixing them, batch by
+batch: ``nrg_adapt`` on the full model, ``nrg_alternate`` for the early exit,
+and the library sets the share of full-model batches from the measured power
+(a mixed level with a learned power model; see ``nrgloops.Knob``).
 
-Why a share and not "full while under the cap, early exit while over": NVML's
+Why a mix and not "full while under the cap, early exit while over": NVML's
 readings move every 100 ms, so that bare switch runs whole 100 ms stretches of
 one variant and the power swings between the two variants' levels
 (benchmarks/gpu_cap.py measures both).  Nothing here changes the GPU's
@@ -93,44 +94,19 @@ def serve_stream(
     return counts
 
 
-class EvenMix:
-    """True for a share ``knob.value`` of the calls, evenly spread (error
-    diffusion: share 0.25 is every 4th call), so every 100 ms holds the mix."""
+def under_cap(model: Model, cap: nrgloops.PowerCap) -> nrgloops.AdaptedFunction[[], bool]:
+    """The NRG-loop: the full model under the cap, the early exit as its
+    alternate; the library mixes the two, batch by batch, to hold the cap."""
 
-    def __init__(self, knob: nrgloops.Knob[float]) -> None:
-        self.knob, self.acc = knob, 0.0
-
-    def take(self) -> bool:
-        self.acc += float(self.knob.value)
-        if self.acc >= 1.0:
-            self.acc -= 1.0
-            return True
-        return False
-
-
-Loop = nrgloops.AdaptedFunction[..., bool]
-
-
-def under_cap(model: Model, cap: nrgloops.PowerCap) -> tuple[Loop, Loop]:
-    """The NRG-loop: (the function serving one batch, the loop whose report counts)."""
-    share = nrgloops.Knob(0.0, 1.0, 0.01, policy="pi", band=0.04, dwell=0.1, kp=0.3, ki=0.8)
-    mix = EvenMix(share)
-
-    @nrgloops.nrg_adapt(cap, knob=share)  # every batch passes here: the knob sees the power
-    def mixed(shed: bool = False) -> bool:
-        return model.full() if not shed and mix.take() else model.cheap()
-
-    net = nrgloops.PowerCap(1.1 * cap.watts, window=cap.window, meter=cap.meter)
-
-    @nrgloops.nrg_adapt(net)
+    @nrgloops.nrg_adapt(cap)
     def serve() -> bool:
-        return mixed()
+        return model.full()
 
     @nrgloops.nrg_alternate(serve)
-    def shed() -> bool:  # 10% over the cap (the start, a sudden change): the early exit alone
-        return mixed(shed=True)
+    def early_exit() -> bool:
+        return model.cheap()
 
-    return serve, mixed
+    return serve
 
 
 def calibrate(model: Model, meter: nrgloops.Meter, rate: float, seconds: float) -> dict[str, float]:
@@ -175,11 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         cap_w = (cal["full"] + cal["early exit"]) / 2
         print(f"calibration ({label}): " + ", ".join(f"{k} {w:.1f} W" for k, w in cal.items()))
     cap = nrgloops.PowerCap(cap_w, window=max(0.3, 3 * meter.resolution_s), meter=meter)
-    serve, loop = under_cap(model, cap)
+    serve = under_cap(model, cap)
     n = serve_stream(model, serve, rate, seconds, args.deadline_ms / 1e3)
-    loop.close()
     serve.close()
-    r = loop.report
+    r = serve.report
     b = model.batch
     print(f"\nserved {seconds:g} s at {rate:.4g} requests/s under a {cap_w:.1f} W cap ({label}):")
     print(

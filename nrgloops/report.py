@@ -26,6 +26,7 @@ from nrgloops import _checks
 from nrgloops.sampler import DEFAULT_HISTORY_S
 
 if TYPE_CHECKING:
+    from nrgloops.meters import Meter
     from nrgloops.sampler import Sampler
 
 __all__ = ["MAX_TIMELINE_POINTS", "SHORT_LOOP_NOTE", "Report", "WindowStats", "ring_history"]
@@ -132,6 +133,11 @@ class Report:
             at the bottom; None when every cap was reachable (or unknown).
         cap_bound: False when the cap never bound (the loop ran at full
             speed under it all along); None without a cap or a controller.
+        carbon_g: emissions of a loop under a CarbonBudget, gCO2eq (the
+            energy times the intensity; NaN when the energy is n/a), or None.
+        budget_g: the carbon budget, gCO2eq, or None.
+        intensity: the intensity used: its ``source``, its ``kind``
+            ("average" or "marginal") and ``mean_g_per_kwh`` over the loop.
 
     energy_j, avg_power_w, peak_power_w (and over_cap_fraction under a cap)
     are NaN when fewer than two sampler rows fall inside the loop (see
@@ -157,6 +163,9 @@ class Report:
     note: str = ""
     cap_unreachable_w: float | None = None
     cap_bound: bool | None = None
+    carbon_g: float | None = None
+    budget_g: float | None = None
+    intensity: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -185,6 +194,10 @@ class Report:
                 d[key] = math.nan
         if d.get("over_cap_fraction") is None and d.get("cap_w") is not None:
             d["over_cap_fraction"] = math.nan
+        if d.get("carbon_g") is None and d.get("budget_g") is not None:
+            d["carbon_g"] = math.nan
+        if d.get("intensity") and d["intensity"].get("mean_g_per_kwh") is None:
+            d["intensity"] = {**d["intensity"], "mean_g_per_kwh": math.nan}
         d["timeline"] = [
             (float(p[0]), math.nan if p[1] is None else float(p[1]), p[2])
             for p in d.get("timeline", [])
@@ -335,6 +348,18 @@ class Report:
         if self.budget_j is not None:
             used = "n/a" if missing else f"{100 * self.energy_j / self.budget_j:.1f}%"
             lines.append(f"  budget {self.budget_j:.4g} J: used {used}")
+        if self.carbon_g is not None:
+            c, i = self.carbon_g, self.intensity or {}
+            ok = math.isfinite(c)
+            mean = i.get("mean_g_per_kwh", math.nan)
+            at = f"{mean:.4g} g/kWh on average, " if mean == mean else ""
+            lines.append(
+                f"  carbon: {f'{c:.4g} gCO2eq {lab}' if ok else 'n/a'} ({at}{i.get('kind')} "
+                f"intensity from {i.get('source')})"
+            )
+            if self.budget_g is not None:
+                used = f"{100 * c / self.budget_g:.1f}%" if ok else "n/a"
+                lines.append(f"  budget {self.budget_g:.4g} gCO2eq: used {used}")
         if self.knob is not None:
             k = self.knob
             lines.append(
@@ -379,10 +404,12 @@ class WindowStats:
         trace_every: float = 0.0,
     ) -> None:
         self.sampler = sampler
-        self.window = window
-        self.domain = domain
-        self.cap = math.inf if cap_w is None else cap_w  # may change between pulls
-        self.t0 = time.monotonic() if t0 is None else t0
+        self.window = _checks.number("window", window, "seconds", lo=0.0, lo_open=True)
+        self.domain = sampler.meter.domains[sampler.meter.domain_index(domain)] if domain else None
+        # the cap may change between pulls (a PowerCap changed at run time)
+        self.cap = math.inf if cap_w is None else _checks.number("cap_w", cap_w, "watts")
+        self.t0 = time.monotonic() if t0 is None else _checks.number("t0", t0, "seconds")
+        trace_every = _checks.number("trace_every", trace_every, "seconds", lo=0.0)
         self.after = self.t0  # samples up to here are counted
         self.pulled = self.t0
         self.last_w = math.nan  # the newest windowed power pulled, W
@@ -391,6 +418,7 @@ class WindowStats:
         self._over = [0.0, 0.0]
         self._covered = [0.0, 0.0]
         self._ends: list[tuple[float, float]] = []
+        self._stop = math.inf  # end(): the end reading's time
         # (time, windowed power) at most every trace_every s (0: none), for a figure
         self.trace_every = trace_every
         self.trace: list[tuple[float, float]] = []
@@ -407,9 +435,8 @@ class WindowStats:
         times, watts = self.sampler.series(
             self.after, self.window, self.domain, max_points=self._max_series
         )
-        if len(self._ends) == 2:  # ended: no sample after the end reading counts
-            stop = self._ends[1][0]
-            times = [t for t in times if t <= stop]
+        if self._stop < math.inf:  # ended: no sample after the end reading counts
+            times = [t for t in times if t <= self._stop]
             watts = watts[: len(times)]
         prev = self.after
         cap, gap, period = self.cap, self._gap, self.sampler.period
@@ -447,6 +474,7 @@ class WindowStats:
         if not self._ends:
             raise RuntimeError("WindowStats.end() before begin()")
         self._ends[1:] = [reading if reading is not None else self.sampler.latest(self.domain)]
+        self._stop = self._ends[1][0]
         self.pull()
 
     # -- the figures -------------------------------------------------------------
@@ -533,3 +561,46 @@ class Recorder(WindowStats):
         """Share of the covered time over the cap; None without a cap, NaN
         before any sample was covered."""
         return self.over_share()
+
+    def report(
+        self,
+        first: tuple[float, float],
+        last: tuple[float, float],
+        *,
+        meter: Meter,
+        period: float,
+        **facts: Any,
+    ) -> Report:
+        """The loop's Report, its figures by the definitions above.
+
+        ``first`` and ``last``: the sampler rows (time, J) at the loop's start
+        and now (or its end): the energy and the average power are the
+        counter's between them.  Fewer than two rows inside the loop: no
+        figures (NaN) and the reason in ``note``.  A loop with rows but no
+        sample pulled yet has its average as its peak.  ``facts``: the
+        Report's other fields (kind, iterations, duration_s, cap_w, ...).
+        """
+        self._ends[:] = [first, last]
+        over = self.over_share()
+        note = ""
+        if self.duration_s > 0:
+            energy, avg = self.energy_j, self.average_w
+            peak = avg if math.isnan(self.peak_w) else self.peak_w
+        else:
+            # one row: nothing measured the loop (the published power is
+            # still 0 W before a fresh sampler's second row)
+            energy = avg = peak = math.nan
+            over = None if over is None else math.nan
+            note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
+        return Report(
+            energy_j=energy,
+            avg_power_w=avg,
+            peak_power_w=peak,
+            over_cap_fraction=over,
+            measured=meter.measured,
+            meter=meter.kind,
+            window_s=self.window,
+            timeline=list(self.points),
+            note=note,
+            **facts,
+        )

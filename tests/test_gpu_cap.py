@@ -61,10 +61,10 @@ def test_example_runs_on_the_cpu_and_says_it_estimates() -> None:
 
 
 def test_benchmark_dry_run_holds_the_cap_and_writes_its_files(tmp_path: Path) -> None:
-    # Long enough for the share knob to settle (about 2.5 s on the simulated
-    # GPU): every check must pass, so the run exits 0.
+    # Long enough for the loop's mix to settle (3-4 s on the simulated GPU):
+    # every check must pass, so the run exits 0.
     _needs_gcc()
-    args = ["--out", str(tmp_path), "--seconds", "6", "--settle", "3", "--caps", "300"]
+    args = ["--out", str(tmp_path), "--seconds", "8", "--settle", "4", "--caps", "300"]
     done = _run(DRY_RUN + args)
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
@@ -86,15 +86,28 @@ def test_benchmark_dry_run_holds_the_cap_and_writes_its_files(tmp_path: Path) ->
     assert header.startswith("mode,cap_w,avg_power_w")
 
 
-def test_benchmark_dry_run_fails_when_the_cap_is_not_held(tmp_path: Path) -> None:
-    # 150 W is under the early exit's own power (209 W on the simulated GPU):
-    # no mix of the two variants can hold it, so a check fails, and the run too.
+def test_device_script_fails_when_the_cap_is_not_held(tmp_path: Path) -> None:
+    # The device run as prepared (benchmarks/gpu_device_run.sh), on the
+    # simulated GPU: 150 W is under the early exit's own power (209 W there), so
+    # no mix can hold it, a check FAILs, and the script's exit status says so.
     _needs_gcc()
-    args = ["--out", str(tmp_path), "--seconds", "1", "--settle", "0.3", "--caps", "150"]
-    done = _run(DRY_RUN + args)
+    fast = "--dry-run --seconds 1 --baseline-seconds 0.5 --settle 0.3 --calibrate-seconds 0.3"
+    env = {**os.environ, "OUT": str(tmp_path), "NRG_GPU_ARGS": f"{fast} --caps 150"}
+    env["PYTHONUNBUFFERED"] = "1"
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_device_run.sh")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=ROOT,
+    )
     out = done.stdout
     assert done.returncode == 1, out[-3000:] + done.stderr[-3000:]
     assert any(
         line.startswith("FAIL") and "within 5% of the cap" in line for line in out.splitlines()
     )
     assert "ERROR" not in out  # failed on the figures, not on a crash
+    assert "== done: exit 1" in out
+    log = (tmp_path / "gpu_cap.log").read_text()
+    assert "SIMULATED" in log and (tmp_path / "gpu_cap_dryrun.json").stat().st_size > 0

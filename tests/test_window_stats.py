@@ -44,7 +44,9 @@ def test_a_window_reaching_back_before_the_run_does_not_count() -> None:
         stats.begin()
         time.sleep(0.4)
         stats.end()
-    assert stats.peak_w == pytest.approx(20.0, rel=0.02)
+    # (a windowed power spans sampler rows: a late row can bring in a few ms
+    # of the 80 W, so "about 20 W", far from the 80 W the early samples see)
+    assert 19.0 < stats.peak_w < 25.0
     assert stats.over_share() == 0.0
     assert stats.covered_s == pytest.approx(stats.duration_s - 0.1, abs=0.03)
 

@@ -8,6 +8,7 @@ size give the same bytes (numpy's PCG64 stream).
 
 from __future__ import annotations
 
+from nrgloops import _checks
 from nrgloops.bench import EXTRA_MISSING
 
 try:
@@ -71,10 +72,8 @@ def _vocabulary(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def make_corpus(size: int, seed: int = 0) -> bytes:
     """``size`` bytes of text-like words, the same for the same seed."""
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be an int number of bytes, not {type(size).__name__}")
-    if size <= 0:
-        raise ValueError(f"size must be > 0 bytes, got {size}")
+    _checks.count("size", size, lo=1, what="an int number of bytes")
+    _checks.count("seed", seed, what="an int seed")
     rng = np.random.Generator(np.random.PCG64(seed))
     table, used = _vocabulary(rng)
     keep = np.arange(_MAX_LEN + 1)[None, :] < used[:, None]  # which bytes of a row are text
@@ -98,10 +97,8 @@ def make_patterns(corpus: bytes, count: int, seed: int = 0) -> list[bytes]:
     """``count`` strings to look for: two thirds cut from the corpus (they
     occur: 4-24 bytes, often across words), one third random letters (they
     mostly do not)."""
-    if isinstance(count, bool) or not isinstance(count, int):
-        raise TypeError(f"count must be an int, not {type(count).__name__}")
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+    _checks.count("count", count, lo=1)
+    _checks.count("seed", seed, what="an int seed")
     rng = np.random.Generator(np.random.PCG64(seed + 1))
     out: list[bytes] = []
     for k in range(count):

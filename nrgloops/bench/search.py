@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from nrgloops import _checks
 from nrgloops._ffi import ffi, lib
 from nrgloops._machine import cpu_count
 
@@ -43,9 +44,8 @@ def count(
     (overlapping ones too), on the calling thread, GIL released."""
     pat = _pattern(pattern)
     n = len(haystack) if not isinstance(haystack, memoryview) else haystack.nbytes
-    stop = n if end is None else end
-    if start < 0 or stop < start:
-        raise ValueError(f"need 0 <= start <= end, got start={start}, end={end}")
+    _checks.count("start", start, what="a start position")
+    stop = n if end is None else _checks.count("end", end, lo=start, what="an end (>= start)")
     hay = ffi.from_buffer("uint8_t[]", haystack)
     return int(lib.nrg_search_count(hay, n, pat, len(pat), start, stop))
 
@@ -75,11 +75,9 @@ class Searcher:
     def __init__(
         self, haystack: bytes | bytearray | memoryview, max_threads: int | None = None
     ) -> None:
-        self.max_threads = cpu_count() if max_threads is None else max_threads
-        if isinstance(self.max_threads, bool) or not isinstance(self.max_threads, int):
-            raise TypeError("max_threads must be an int")
-        if self.max_threads < 1:
-            raise ValueError(f"max_threads must be >= 1, got {self.max_threads}")
+        self.max_threads = (
+            cpu_count() if max_threads is None else _checks.count("max_threads", max_threads, lo=1)
+        )
         self._keep = haystack  # the C pointer borrows this buffer's memory
         self._hay = ffi.from_buffer("uint8_t[]", haystack)
         self.size = len(self._hay)
@@ -101,11 +99,7 @@ class Searcher:
         """Occurrences of ``pattern`` in the whole buffer (overlapping ones
         too), searched by ``threads`` threads (clamped to ``max_threads``)."""
         pat = _pattern(pattern)
-        if isinstance(threads, bool) or not isinstance(threads, int):
-            raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        k = min(threads, self.max_threads)
+        k = min(_checks.count("threads", threads, lo=1), self.max_threads)
         positions = self.size - len(pat) + 1
         if not pat or positions <= 0:
             return 0

@@ -34,7 +34,7 @@ from nrgloops.governors._journal import Journal, JournalUntrusted, journal_dir, 
 from nrgloops.governors._restore import RestoreResult, governed_trees, restore
 from nrgloops.governors._signals import Terminated, signals_raise
 from nrgloops.governors.cgroup import CgroupGovernor
-from nrgloops.governors.powercap import PowercapGovernor
+from nrgloops.governors.powercap import PowercapGovernor, Zone
 
 __all__ = [
     "GOVERNORS",
@@ -48,6 +48,7 @@ __all__ = [
     "RestoreResult",
     "Terminated",
     "Trace",
+    "Zone",
     "governed_trees",
     "journal_dir",
     "open_governor",
