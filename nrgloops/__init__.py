@@ -7,8 +7,10 @@ CGO 2016).  Private modules are re-exported here; this is the public API.
 from __future__ import annotations
 
 from nrgloops._errors import MeterUnavailable, NrgError
+from nrgloops.carbon import CarbonBudget, CarbonIntensity
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
+from nrgloops.export import start_exporter
 from nrgloops.loops import (
     AdaptedFunction,
     AdaptLoop,
@@ -28,6 +30,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptLoop",
     "AdaptedFunction",
+    "CarbonBudget",
+    "CarbonIntensity",
     "EnergyBudget",
     "Knob",
     "Meter",
@@ -43,5 +47,6 @@ __all__ = [
     "nrg_alternate",
     "open_meter",
     "perforate",
+    "start_exporter",
     "truncate",
 ]

@@ -406,7 +406,12 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--caps", help="caps in W, e.g. 30,35,40 (default: between idle and uncapped)")
     sb.add_argument("--governor", default="auto", choices=GOVERNORS, help="system governor (auto)")
     sb.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
-    sb.add_argument("--policy", default="step", choices=POLICIES, help="thread knob policy (step)")
+    sb.add_argument(
+        "--policy",
+        default="mix",
+        choices=POLICIES,
+        help="thread knob policy (mix: mixed levels; step: the paper's ramp)",
+    )
     sb.add_argument("--out", default="nrgloops-results", help="output directory")
     sb.add_argument("--quick", action="store_true", help="small corpus, 3 caps, about a minute")
     sb.add_argument("--seed", type=int, default=0, help="corpus seed (0)")

@@ -51,9 +51,11 @@ its workload's base power with a scalar Kalman filter the same way):
   preempted thread, a burst of another program);
 - a phase change: when two windows in a row differ from a confident
   prediction the same way by more than ``phase`` (5%) and four standard
-  deviations, the workload changed: every level is scaled by the ratio seen
-  (POET's base-workload factor) and its variance reset, so the next windows
-  re-learn it quickly.
+  deviations, or one window by more than three times ``phase``, the
+  workload changed: every level is scaled by the ratio seen
+  (POET's base-workload factor) and its variance reset, and so again on the
+  next two windows unless they agree with the table (the window that showed
+  the change was partly before it), so that levels not run lately follow too.
 
 A level never seen is interpolated between the nearest ones seen; above the
 highest one seen it is extrapolated up, conservatively (at least
@@ -105,6 +107,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from nrgloops._checks import boolean, number
@@ -114,10 +117,16 @@ __all__ = ["GRID_POLICIES", "POLICIES", "Knob", "PowerModel"]
 POLICIES = ("mix", "step", "aimd", "pi")
 GRID_POLICIES = ("step", "aimd", "pi")
 BACKOFF_GROWTH = 3.0  # the hold below the ceiling: 3, 9, 27 ... dwells
+MIX_DWELL = 1.0  # mix: a control step every window (the dwell the loops pass)
 LEARN_GUARD = 0.2  # after a move, learn from a window that starts 0.2 window later
-DEADBAND = 0.004  # mix: moves predicted to change the power by < 0.4% of the cap are not made
+DEADBAND = 0.007  # mix: moves predicted to change the power by < 0.7% of the cap are not made
 FIRST_VARIANCE = 0.5  # a level seen for the first time: std 50% of the guess
 PHASE_SIGMAS = 4.0
+BIG_MOVE = 0.02  # mix: a move of 2% of the cap or more waits for its lag before learning
+HULL_GAIN = 0.03  # mix far-apart levels only for 3% more work than the adjacent ones
+PHASE_FOLLOW = 2  # after a phase change the next 2 windows rescale every level too
+PHASE_AT_ONCE = 3.0  # a window off by 3 x phase (15%) is a phase change without confirmation
+MIN_SHARE = 0.2  # a new level is learned from windows where it ran 20% of the time or more
 CLIP_SIGMAS = 2.5  # a confident model's error is clipped at 2.5 standard deviations
 
 
@@ -148,6 +157,7 @@ class PowerModel:
         self.phases = 0  # phase changes detected
         self.observations = 0
         self._suspect = 0.0  # the last window's large relative error (a phase, or an outlier?)
+        self._follow = 0  # windows after a phase change that rescale every level
         self._table: list[float] | None = None
 
     @property
@@ -205,6 +215,18 @@ class PowerModel:
         self.observations += 1
         p, v = self.p, self.v
         guess = self.table()
+        # a level never seen that ran for a small share of the window is
+        # taken at its guess: learning it from that share would amplify the noise
+        brief = {
+            i: w
+            for i, w in weights.items()
+            if p[i] != p[i] and w < MIN_SHARE and guess[i] == guess[i]
+        }
+        if brief:
+            weights = {i: w for i, w in weights.items() if i not in brief}
+            y -= sum(w * guess[i] for i, w in brief.items())
+            if not weights or y <= 0:
+                return False
         seen = all(p[i] == p[i] for i in weights)
         if seen:  # a prediction known to better than half the phase threshold
             sd = math.sqrt(sum(w * w * v[i] for i, w in weights.items()))
@@ -221,16 +243,23 @@ class PowerModel:
         s = sum(w * w * v[i] for i, w in weights.items()) + (self.noise * y) ** 2 / trust
         self._table = None
         sd = math.sqrt(s)
+        if self._follow and pred > 0 and all(p[i] == p[i] for i in weights):
+            # just after a phase change (seen on a window partly before it):
+            # the whole table follows, until a window agrees with it
+            self._follow -= 1
+            if abs(r) <= self.noise * pred:
+                self._follow = 0
+            else:
+                self._scale(y / pred)
+                return True
         if seen and pred > 0 and abs(r) > self.phase * pred and abs(r) > PHASE_SIGMAS * sd:
             rel = r / pred
-            if self._suspect * rel > 0:
+            if self._suspect * rel > 0 or abs(rel) > PHASE_AT_ONCE * self.phase:
                 # a second window off the same way: the workload changed
                 self._suspect = 0.0
                 self.phases += 1
-                for i in range(self.n):
-                    if p[i] == p[i]:
-                        p[i] *= y / pred
-                        v[i] = max(v[i], (self.phase * p[i]) ** 2)
+                self._follow = PHASE_FOLLOW
+                self._scale(y / pred)
                 return True
             self._suspect = rel  # one window off: an outlier until confirmed
         else:
@@ -244,6 +273,14 @@ class PowerModel:
         for i in first:  # one window is not enough to be sure of a level
             v[i] = max(v[i], (2.0 * self.noise * p[i]) ** 2)
         return False
+
+    def _scale(self, ratio: float) -> None:
+        p, v = self.p, self.v
+        for i in range(self.n):
+            if p[i] == p[i]:
+                p[i] *= ratio
+                v[i] = max(v[i], (self.phase * p[i]) ** 2)
+        self._table = None
 
     def forget(self) -> None:
         """Drop everything learned."""
@@ -285,6 +322,11 @@ class Knob(Generic[N]):
         drift: the model's relative drift of a level's power per window, in [0, 1).
         phase: the relative error of a confident prediction that counts as a
             change of workload, in (0, 1).
+        work: the useful work per iteration at each level (a function of
+            the level, or a sequence per level; default: the level itself,
+            as for threads).  mix alternates the two levels whose mix does
+            the most work at the cap: the two around it, or two further
+            apart when the power per level is concave (see the module's doc).
 
     ``value`` is the grid level to use now (an int when lo, hi and step are
     ints, else a float); ``level`` the real-valued level it averages to;
@@ -311,6 +353,7 @@ class Knob(Generic[N]):
         noise: float = 0.02,
         drift: float = 0.005,
         phase: float = 0.05,
+        work: Callable[[float], float] | Sequence[float] | None = None,
     ) -> None:
         lo_f, hi_f = number("lo", lo), number("hi", hi)
         step_f = number("step", step)
@@ -356,6 +399,7 @@ class Knob(Generic[N]):
         if not lo_f <= first <= hi_f:
             raise ValueError(f"start must be in [lo, hi] = [{lo!r}, {hi!r}], got {start!r}")
         self.model = PowerModel(self._levels + 1, noise_f, drift_f, phase_f)
+        self._work = self._check_work(work)
         self._index = self._nearest(first)
         self.value: N = self._level(self._index)
         self.reversals = 0
@@ -370,6 +414,8 @@ class Knob(Generic[N]):
         # the mix: x, and the sigma-delta that spreads the time between the
         # two grid levels around it
         self._x = float(self._index)
+        self._a = self._b = self._index  # the mix: _f of the time at _b, the rest at _a
+        self._f = 0.0
         self._err = 0.0
         self._t_tick = math.nan
         self._t_first = math.nan  # the first tick
@@ -398,6 +444,22 @@ class Knob(Generic[N]):
     def _bottom(self) -> str:
         return self._bottom_text or f"the bottom level {self._level(0)}"
 
+    def _check_work(self, work: Callable[[float], float] | Sequence[float] | None) -> list[float]:
+        n = self._levels + 1
+        if work is None:
+            return [float(self._level(i)) for i in range(n)]
+        if callable(work):
+            got = [work(self._level(i)) for i in range(n)]
+            return [number(f"work({self._level(i)})", w) for i, w in enumerate(got)]
+        if isinstance(work, Sequence) and not isinstance(work, (str, bytes)):
+            if len(work) != n:
+                raise ValueError(f"work must give one number per level ({n}), got {len(work)}")
+            return [number(f"work[{i}]", w) for i, w in enumerate(work)]
+        raise TypeError(
+            f"work must be a function of the level, a sequence per level or None, "
+            f"not {type(work).__name__}"
+        )
+
     # -- levels ------------------------------------------------------------
     def _nearest(self, v: float) -> int:
         return max(0, min(self._levels, int(round((v - self.lo) / self.step))))
@@ -425,7 +487,6 @@ class Knob(Generic[N]):
         """Put the knob at the level nearest ``value`` (clamped to [lo, hi])."""
         i = self._nearest(number("value", value))
         self._move_to(i, math.nan)
-        self._x = float(i)
         self._integral = float(self._index)
 
     def predict(self, level: float) -> float:
@@ -529,6 +590,8 @@ class Knob(Generic[N]):
             self._spread(now)
         early = now - self._t_first < 0.5 * window  # the first windows hold few samples
         if not mix:
+            if cap != self._cap and self._cap == self._cap:
+                self._ceiling, self._hold = None, 0.0  # a new cap: what was over may not be
             if not early:
                 self._learn(power, now, window)
                 self._update(power, cap, now, window)
@@ -571,18 +634,17 @@ class Knob(Generic[N]):
 
     # -- the mix -----------------------------------------------------------
     def _spread(self, now: float) -> None:
-        """Pick the grid level for the next tick: the time spent at the upper
-        of the two levels around x tracks x's fractional part."""
+        """Pick the grid level for the next tick: the share of the time spent
+        at the upper of the mix's two levels tracks the mix's share."""
         dt = now - self._t_tick
         self._t_tick = now
         if not dt > 0:  # (NaN on the first tick)
             dt = 0.0
-        low = int(math.floor(self._x))
-        f = self._x - low
-        if f <= 1e-9 or low >= self._levels:
-            index, self._err = min(low, self._levels), 0.0
+        low, high, f = self._a, self._b, self._f
+        if f <= 1e-9 or low == high:
+            index, self._err = low, 0.0
         else:
-            upper = self._index == low + 1
+            upper = self._index == high
             if self._index == low or upper:
                 self._err += (f - (1.0 if upper else 0.0)) * dt
             else:
@@ -592,7 +654,7 @@ class Knob(Generic[N]):
             # is made up for within a window, not for ever after
             cap_err = self._window
             self._err = max(-cap_err, min(cap_err, self._err))
-            index = low + 1 if self._err + f * step >= 0.5 * step else low
+            index = high if self._err + f * step >= 0.5 * step else low
         if index != self._index:
             self._index = index
             self.value = self._level(index)
@@ -641,11 +703,11 @@ class Knob(Generic[N]):
         dwell: float,
         window: float,
     ) -> bool:
-        wait = self.dwell if self.dwell is not None else dwell
+        wait = self.dwell if self.dwell is not None else MIX_DWELL * dwell
         last = self._last_update
         if last == last and now - last < wait:
             return False
-        if now - self._last_move < wait + LEARN_GUARD * window and self.model.known:
+        if now - self._last_move < (1.0 + LEARN_GUARD) * window and self.model.known:
             return False  # the window still holds the previous mix
         self._last_update = now
         self._learn(power, now, window)
@@ -688,23 +750,73 @@ class Knob(Generic[N]):
                     RuntimeWarning,
                     stacklevel=5,
                 )
-        small = abs(self.model.predict(x) - self.model.predict(self._x)) < DEADBAND * cap
+        a = min(int(math.floor(x)), top)
+        b, f = min(a + 1, top), x - a
+        if 0 < x < top:
+            a, b, f = self._best_pair(t, target, a, b, f)
+        old = (1.0 - self._f) * t[self._a] + self._f * t[self._b]
+        new = (1.0 - f) * t[a] + f * t[b]
+        small = abs(new - old) < DEADBAND * cap
         if small and x not in (0.0, float(top)):
             return  # (noise: hold)
-        self._set_x(x, now)
+        # (a small move leaves the windows it falls in clean enough to learn from)
+        self._set_mix(a, b, f, now, big=not abs(new - old) < BIG_MOVE * cap)
+
+    def _best_pair(
+        self, t: list[float], target: float, a: int, b: int, f: float
+    ) -> tuple[int, int, float]:
+        """The two levels whose mix at ``target`` W does the most work (the
+        upper concave hull of (power, work), as POET's configurations):
+        better than the two adjacent levels by more than ``HULL_GAIN``."""
+        work = self._work
+        adjacent = (1.0 - f) * work[a] + f * work[b]
+        if any(p != p for p in t):
+            return (a, b, f)
+        hull: list[int] = []  # the upper hull of (power, work), by power
+        for i in sorted(range(len(t)), key=lambda i: (t[i], -work[i])):
+            while len(hull) >= 2:
+                o, m = hull[-2], hull[-1]
+                turn = (t[m] - t[o]) * (work[i] - work[o]) - (work[m] - work[o]) * (t[i] - t[o])
+                if turn < 0:
+                    break
+                hull.pop()
+            hull.append(i)
+        pair = (a, b, f)
+        best = adjacent
+        for i, j in zip(hull, hull[1:], strict=False):
+            if t[i] <= target < t[j]:
+                if work[j] <= work[i]:
+                    pair, best = (i, i, 0.0), work[i]  # more power, no more work
+                else:
+                    g = (target - t[i]) / (t[j] - t[i])
+                    pair, best = (i, j, g), (1.0 - g) * work[i] + g * work[j]
+                break
+        if best <= adjacent + HULL_GAIN * abs(adjacent):
+            return (a, b, f)
+        return pair
 
     def _set_x(self, x: float, now: float) -> None:
+        """Move to the mix of the two grid levels around real index ``x``."""
         x = max(0.0, min(float(self._levels), x))
-        d = x - self._x
-        if d == 0:
+        a = min(int(math.floor(x)), self._levels)
+        self._set_mix(a, min(a + 1, self._levels), x - a, now)
+
+    def _set_mix(self, a: int, b: int, f: float, now: float, big: bool = True) -> None:
+        if f <= 1e-12:
+            b, f = a, 0.0
+        x = (1.0 - f) * a + f * b
+        if (a, b, f) == (self._a, self._b, self._f):
             return
-        direction = 1 if d > 0 else -1
-        if self._direction and direction != self._direction:
+        d = x - self._x
+        direction = 1 if d > 0 else -1 if d < 0 else 0
+        if direction and self._direction and direction != self._direction:
             self.reversals += 1
-        self._direction = direction
-        self._x = x
+        if direction:
+            self._direction = direction
+        self._a, self._b, self._f, self._x = a, b, f, x
         self.moves += 1
-        self._last_move = now
+        if big:
+            self._last_move = now
         self._err = 0.0
         self._spread(now)  # the new mix from this tick on
 
@@ -788,6 +900,8 @@ class Knob(Generic[N]):
         self._direction = direction
         self._index = index
         self._x = float(index)
+        self._a = self._b = index
+        self._f = 0.0
         self.value = self._level(index)
         self.moves += 1
         if now == now:  # not NaN (a manual set())

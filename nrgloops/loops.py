@@ -42,6 +42,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib
+from nrgloops.carbon import J_PER_KWH, CarbonBudget
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
 from nrgloops.report import Recorder, Report, Value, ring_history
@@ -125,7 +126,10 @@ class _Loop:
     )
 
     def __init__(
-        self, constraint: PowerCap | EnergyBudget, knob: Knob[Any] | None, name: str = ""
+        self,
+        constraint: PowerCap | EnergyBudget | CarbonBudget,
+        knob: Knob[Any] | None,
+        name: str = "",
     ) -> None:
         self._constraint = constraint
         self._meter = constraint.meter
@@ -637,7 +641,9 @@ def nrg_alternate(
 class _ItemsLoop(_Loop, Generic[T]):
     """A loop over items that yields some of them (truncate, perforate)."""
 
-    def __init__(self, items: Iterable[T], constraint: PowerCap | EnergyBudget, what: str) -> None:
+    def __init__(
+        self, items: Iterable[T], constraint: PowerCap | EnergyBudget | CarbonBudget, what: str
+    ) -> None:
         try:
             self._items: Iterator[T] = iter(items)
         except TypeError:
@@ -687,14 +693,45 @@ class _ItemsLoop(_Loop, Generic[T]):
 
 class TruncatedLoop(_ItemsLoop[T]):
     """``truncate(items, budget)``: yields items until the energy used since
-    the loop started reaches the budget."""
+    the loop started reaches the budget (an EnergyBudget), or the emissions
+    do (a CarbonBudget: each stretch of energy at the intensity when counted)."""
 
     kind = "truncate"
 
-    def __init__(self, items: Iterable[T], budget: EnergyBudget) -> None:
-        _check_constraint(budget, "budget", EnergyBudget)
+    def __init__(self, items: Iterable[T], budget: EnergyBudget | CarbonBudget) -> None:
+        if not isinstance(budget, (EnergyBudget, CarbonBudget)):
+            raise TypeError(
+                "budget must be a nrgloops.EnergyBudget or a nrgloops.CarbonBudget, "
+                f"not {type(budget).__name__}"
+            )
         super().__init__(items, budget, "truncate")
         self.budget = budget
+        self._grams = 0.0  # emitted so far (a CarbonBudget), g
+        self._e_counted = 0.0  # the sampler energy the grams count up to, J
+
+    def _charge(self, e: float) -> float:
+        """Count the grams of the energy up to ``e`` (J, sampler count) at the
+        intensity now; returns the intensity in g/J."""
+        assert isinstance(self.budget, CarbonBudget)
+        g_per_j = self.budget.intensity.at(time.time()) / J_PER_KWH
+        self._grams += (e - self._e_counted) * g_per_j
+        self._e_counted = e
+        return g_per_j
+
+    def _build(self, running: bool) -> Report:
+        r = super()._build(running)
+        b = self.budget
+        if isinstance(b, CarbonBudget):
+            r.budget_g = b.grams
+            missing = not math.isfinite(r.energy_j)
+            r.carbon_g = math.nan if missing else self._grams
+            kwh = r.energy_j / J_PER_KWH if not missing else math.nan
+            r.intensity = {
+                "source": b.intensity.source,
+                "kind": b.intensity.kind,
+                "mean_g_per_kwh": self._grams / kwh if kwh and kwh > 0 else math.nan,
+            }
+        return r
 
     def _value(self, power: float) -> Value:
         s = self._sampler
@@ -708,13 +745,25 @@ class TruncatedLoop(_ItemsLoop[T]):
         col = self._meter.domain_index(self._domain)
         energy = lib.nrg_sampler_energy  # lock-free read of the ring, ~100 ns
         e_last = e0 = energy(ptr, col)
-        stop_at = self.budget.joules + e0
+        budget = self.budget
+        carbon = isinstance(budget, CarbonBudget)
+        self._grams, self._e_counted = 0.0, e0
+        stop_at = math.inf
         ran = ran_last = check = 0
         try:
             for item in self._items:
                 if ran >= check:
                     e = energy(ptr, col)
-                    stop_at = self.budget.joules + e0  # (it may change at run time)
+                    # (the budget may change at run time)
+                    if isinstance(budget, CarbonBudget):
+                        # the energy the grams left buy at the intensity now
+                        g_per_j = self._charge(e)
+                        left = budget.grams - self._grams
+                        stop_at = e + left / g_per_j if g_per_j > 0 else math.inf
+                        if left <= 0:
+                            break
+                    else:
+                        stop_at = budget.joules + e0
                     if e >= stop_at:
                         break
                     if ran >= self._next_tick:
@@ -736,6 +785,8 @@ class TruncatedLoop(_ItemsLoop[T]):
                 yield item
         finally:
             self._ran = ran
+            if carbon and self._sampler is not None:
+                self._charge(energy(ptr, col))  # the last stretch
             self._stop()
 
 
@@ -786,9 +837,10 @@ class PerforatedLoop(_ItemsLoop[T]):
             self._stop()
 
 
-def truncate(items: Iterable[T], budget: EnergyBudget) -> TruncatedLoop[T]:
+def truncate(items: Iterable[T], budget: EnergyBudget | CarbonBudget) -> TruncatedLoop[T]:
     """Iterate ``items`` until ``budget.joules`` have been used since the loop
-    started; ``.report`` says how many ran and how many were left."""
+    started (or ``budget.grams`` of CO2eq emitted, for a CarbonBudget);
+    ``.report`` says how many ran and how many were left."""
     return TruncatedLoop(items, budget)
 
 

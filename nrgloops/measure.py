@@ -37,6 +37,7 @@ from nrgloops import _checks
 from nrgloops._ffi import ffi, lib
 from nrgloops.constraints import default_window
 from nrgloops.meters import Meter, open_meter
+from nrgloops.report import WindowStats
 from nrgloops.sampler import Sampler
 
 __all__ = ["Measurement", "measure"]
@@ -221,27 +222,22 @@ def measure(command: Sequence[str], meter: str | Meter = "auto") -> Measurement:
 def _run(cmd: list[str], m: Meter, sampler: Sampler, window: float) -> Measurement:
     rows = _Rows(sampler)
     period = max(sampler.period, m.resolution_s)
-    peak = -math.inf
-    seen = -math.inf  # windowed samples up to here are counted
     first: list[list[tuple[float, float]]] = []  # the interval after the start row
     t_a, j_a = rows.latest()  # read before the clock: t_a <= t_start
     t_start = time.monotonic()
-    seen = t_a + window  # a window ending before this reaches back before the run
+    # the peak: the one window-statistics path, from the start row on
+    stats = WindowStats(sampler, window, t0=t_a)
 
-    def pull(until: float) -> None:
-        nonlocal peak, seen, first
+    def pull() -> None:
+        nonlocal first
         if not first or not all(first):
             first = [col[:1] for col in rows.intervals(t_a)]
-        ts, ws = sampler.series(seen, window)
-        for t, w in zip(ts, ws, strict=True):
-            if t <= until:
-                peak = max(peak, w)
-                seen = t
+        stats.pull()
 
     forwarded: list[str] = []
     proc = subprocess.Popen(cmd)
     try:
-        status = _wait(proc, lambda: pull(math.inf), forwarded)
+        status = _wait(proc, pull, min(PULL_S, stats.pull_every), forwarded)
     except BaseException:
         if proc.poll() is None:
             proc.kill()
@@ -254,7 +250,8 @@ def _run(cmd: list[str], m: Meter, sampler: Sampler, window: float) -> Measureme
     while t_b < t_end and time.monotonic() < deadline:
         time.sleep(sampler.period / 2)
         t_b, j_b = rows.latest()
-    pull(t_end)
+    if not first or not all(first):
+        first = [col[:1] for col in rows.intervals(t_a)]
     duration = t_end - t_start
     note = ""
     if duration < period:
@@ -280,11 +277,18 @@ def _run(cmd: list[str], m: Meter, sampler: Sampler, window: float) -> Measureme
                     e_end -= p * (t - prev)
                     prev = t
             energies.append(max(0.0, e_end - e_start))
+            if k == len(rows.names) - 1:  # the total: its readings at the run's ends
+                stats.begin((t_start, e_start))
+                stats.end((t_end, e_end))
         if t_b < t_end:
             note = f"the sampler's last row is {t_end - t_b:.3g} s before the end (a late thread)"
     total = energies[-1]
     avg = total / duration if duration > 0 and math.isfinite(total) else math.nan
-    peak = max(peak, avg) if math.isfinite(avg) else math.nan
+    # only a run longer than one window (and a period) has a window inside it
+    peak = math.nan
+    if math.isfinite(avg):
+        inside = stats.peak_w if duration >= window + period else math.nan
+        peak = max(inside, avg) if math.isfinite(inside) else avg
     return Measurement(
         command=cmd,
         exit_status=status,
@@ -304,13 +308,13 @@ def _run(cmd: list[str], m: Meter, sampler: Sampler, window: float) -> Measureme
     )
 
 
-def _wait(proc: subprocess.Popen[bytes], pull: Any, forwarded: list[str]) -> int:
-    """Wait for ``proc``, calling ``pull`` every PULL_S, forwarding SIGINT
+def _wait(proc: subprocess.Popen[bytes], pull: Any, every: float, forwarded: list[str]) -> int:
+    """Wait for ``proc``, calling ``pull`` every ``every`` s, forwarding SIGINT
     and SIGTERM sent to this process alone; returns the exit status."""
     if threading.current_thread() is not threading.main_thread():
         while True:
             try:
-                return _status(proc.wait(timeout=PULL_S))
+                return _status(proc.wait(timeout=every))
             except subprocess.TimeoutExpired:
                 pull()
     # Block the signals and take them with sigtimedwait, which says who sent
@@ -320,7 +324,7 @@ def _wait(proc: subprocess.Popen[bytes], pull: Any, forwarded: list[str]) -> int
     old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
         while proc.poll() is None:
-            info = signal.sigtimedwait(waited, PULL_S)
+            info = signal.sigtimedwait(waited, every)
             if info is None:
                 pull()
             elif info.si_signo != signal.SIGCHLD:

@@ -133,6 +133,11 @@ class Report:
             at the bottom; None when every cap was reachable (or unknown).
         cap_bound: False when the cap never bound (the loop ran at full
             speed under it all along); None without a cap or a controller.
+        carbon_g: emissions of a loop under a CarbonBudget, gCO2eq (the
+            energy times the intensity; NaN when the energy is n/a), or None.
+        budget_g: the carbon budget, gCO2eq, or None.
+        intensity: the intensity used: its ``source``, its ``kind``
+            ("average" or "marginal") and ``mean_g_per_kwh`` over the loop.
 
     energy_j, avg_power_w, peak_power_w (and over_cap_fraction under a cap)
     are NaN when fewer than two sampler rows fall inside the loop (see
@@ -158,6 +163,9 @@ class Report:
     note: str = ""
     cap_unreachable_w: float | None = None
     cap_bound: bool | None = None
+    carbon_g: float | None = None
+    budget_g: float | None = None
+    intensity: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -186,6 +194,10 @@ class Report:
                 d[key] = math.nan
         if d.get("over_cap_fraction") is None and d.get("cap_w") is not None:
             d["over_cap_fraction"] = math.nan
+        if d.get("carbon_g") is None and d.get("budget_g") is not None:
+            d["carbon_g"] = math.nan
+        if d.get("intensity") and d["intensity"].get("mean_g_per_kwh") is None:
+            d["intensity"] = {**d["intensity"], "mean_g_per_kwh": math.nan}
         d["timeline"] = [
             (float(p[0]), math.nan if p[1] is None else float(p[1]), p[2])
             for p in d.get("timeline", [])
@@ -336,6 +348,18 @@ class Report:
         if self.budget_j is not None:
             used = "n/a" if missing else f"{100 * self.energy_j / self.budget_j:.1f}%"
             lines.append(f"  budget {self.budget_j:.4g} J: used {used}")
+        if self.carbon_g is not None:
+            c, i = self.carbon_g, self.intensity or {}
+            ok = math.isfinite(c)
+            mean = i.get("mean_g_per_kwh", math.nan)
+            at = f"{mean:.4g} g/kWh on average, " if mean == mean else ""
+            lines.append(
+                f"  carbon: {f'{c:.4g} gCO2eq {lab}' if ok else 'n/a'} ({at}{i.get('kind')} "
+                f"intensity from {i.get('source')})"
+            )
+            if self.budget_g is not None:
+                used = f"{100 * c / self.budget_g:.1f}%" if ok else "n/a"
+                lines.append(f"  budget {self.budget_g:.4g} gCO2eq: used {used}")
         if self.knob is not None:
             k = self.knob
             lines.append(

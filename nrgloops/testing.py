@@ -352,7 +352,7 @@ class SimulatedPlant:
                 if any(a <= t < b for a, b in spans):
                     power = math.nan
                 knob._tick(power, limit, now, window)
-                next_tick = now + tick_s
+                next_tick = max(next_tick + tick_s, now)
             if now >= next_record:
                 out.append(
                     Sample(
@@ -365,7 +365,7 @@ class SimulatedPlant:
                         self.work,
                     )
                 )
-                next_record = now + record_s
+                next_record += record_s
             self.iterate(knob.value)
         out.append(
             Sample(

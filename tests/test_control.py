@@ -415,3 +415,47 @@ def test_update_drives_a_mix_from_your_own_measurements() -> None:
         shares.append(knob.value == 2)
     assert 1.3 < knob.level < 1.6
     assert sum(shares[-1000:]) / 1000 == pytest.approx(knob.level - 1, abs=0.05)
+
+
+def concave(threads: float) -> float:
+    return 8.0 + 12.0 * math.sqrt(threads)
+
+
+def test_mix_on_concave_power_alternates_the_levels_that_do_the_most_work() -> None:
+    # power concave in threads, work linear: 2 and 16 threads in turn do more
+    # work at 41 W than 6 and 8 threads in turn (the upper hull, as POET)
+    knob = Knob(2, 16, 2)
+    plant = SimulatedPlant(concave, clock=FakeClock())
+    trace = plant.drive(knob, 41.0, 6.0)
+    assert mean_power(trace, after=2.0) == pytest.approx(41.0 * 0.99, rel=0.01)
+    assert {knob._a, knob._b} == {0, 7}
+    late = [s for s in trace if s.t >= 2.0]
+    rate = (late[-1].work - late[0].work) / (late[-1].t - late[0].t) / 1000.0  # per iteration
+    s = (41.0 * 0.99 - concave(2)) / (concave(16) - concave(2))
+    assert rate == pytest.approx((1 - s) * 2 + s * 16, rel=0.02)
+    adjacent = 6 + 2 * (41.0 * 0.99 - concave(6)) / (concave(8) - concave(6))
+    assert rate > 1.15 * adjacent
+
+
+def test_work_per_level_steers_the_mix_and_is_checked() -> None:
+    # work concave like the power: the adjacent levels are the best again
+    knob = Knob(2, 16, 2, work=lambda t: math.sqrt(t))
+    SimulatedPlant(concave, clock=FakeClock()).drive(knob, 41.0, 4.0)
+    assert knob._b == knob._a + 1
+    with pytest.raises(ValueError, match=r"work must give one number per level \(8\), got 2"):
+        Knob(2, 16, 2, work=[1.0, 2.0])
+    with pytest.raises(TypeError, match="work must be a function of the level, a sequence"):
+        Knob(2, 16, 2, work=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"work\[1\] must be a finite number"):
+        Knob(0, 1, 1, work=[1.0, math.nan])
+    with pytest.raises(TypeError, match=r"work\(2\) must be a number"):
+        Knob(2, 16, 2, work=lambda t: "x")  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize("policy", GRID_POLICIES)
+def test_a_grid_policy_forgets_its_ceiling_when_the_cap_changes(policy: str) -> None:
+    knob = Knob(2, 16, 2, policy=policy)
+    trace = drive(knob, lambda t: 8.0 + 3.0 * t, lambda s: 41.0 if s < 3.0 else 50.0, 8.0)
+    # 41 W: 10 threads (38 W); 50 W: 14 threads (50 W) is the top fit
+    assert mean_power(trace, 1.5, 3.0) == pytest.approx(38.0, rel=0.03)
+    assert mean_power(trace, 6.0, 8.0) == pytest.approx(50.0, rel=0.03)

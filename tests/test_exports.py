@@ -25,6 +25,8 @@ FROZEN: dict[str, list[str]] = {
     "nrgloops": [
         "AdaptLoop",
         "AdaptedFunction",
+        "CarbonBudget",
+        "CarbonIntensity",
         "EnergyBudget",
         "Knob",
         "Meter",
@@ -40,6 +42,7 @@ FROZEN: dict[str, list[str]] = {
         "nrg_alternate",
         "open_meter",
         "perforate",
+        "start_exporter",
         "truncate",
     ],
     "nrgloops.meters": ["KINDS", "Meter", "Reading", "open_meter"],

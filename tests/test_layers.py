@@ -17,7 +17,7 @@ LAYERS: list[list[str]] = [
     ["nrgloops._ffi", "nrgloops.meters._sysfs"],
     ["nrgloops.meters*"],
     ["nrgloops.sampler"],
-    ["nrgloops.constraints", "nrgloops.control", "nrgloops.report"],
+    ["nrgloops.constraints", "nrgloops.carbon", "nrgloops.control", "nrgloops.report"],
     ["nrgloops.loops"],
     # test helpers (nrgloops._fakes: the kernel-format trees of tests and benchmarks)
     ["nrgloops.testing", "nrgloops._fakes*", "nrgloops.measure", "nrgloops.cluster"]

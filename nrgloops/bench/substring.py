@@ -6,8 +6,10 @@ search spread over ``threads`` threads.  Three modes do the same work:
 
 * ``uncapped``: all cores, no cap;
 * ``nrgloops``: the loop holds the soft cap itself, ``nrg_adapt(PowerCap(cap),
-  knob=Knob(lo, cores, step))`` ramping the thread count (the paper's -2/+2;
-  step 1 on machines with fewer than 4 cores);
+  knob=Knob(lo, cores, step))`` on the thread count (steps of 2 threads, of 1
+  on machines with fewer than 4 cores): by default the library's mixed knob,
+  which alternates the two thread counts around the cap so that the average
+  power sits at the cap; ``policy="step"`` is the paper's -2/+2 ramp;
 * ``governor``: the uncapped workload under a system governor set to the cap
   (the RAPL power limit, or a cgroup CPU quota moved by a power feedback loop).
 
@@ -154,9 +156,10 @@ def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> 
     return sorted({round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions})
 
 
-def thread_knob(cores: int, policy: str = "step") -> Knob[int]:
-    """The paper's thread ramp: steps of 2 threads (2, 4, ... up to the cores),
-    steps of 1 on machines with fewer than 4 cores."""
+def thread_knob(cores: int, policy: str = "mix") -> Knob[int]:
+    """The paper's thread knob: steps of 2 threads (2, 4, ... up to the cores),
+    steps of 1 on machines with fewer than 4 cores; the policy "mix" (the
+    library's default) or "step" (the paper's ramp), "aimd", "pi"."""
     step = 2 if cores >= 4 else 1
     lo = step
     hi = lo + step * ((cores - lo) // step)
@@ -170,7 +173,7 @@ class Config:
     caps: list[float] | None = None
     governor: str = "auto"
     meter: str | Meter = "auto"  # a kind, or a Meter (tests: FakeMeter)
-    policy: str = "step"
+    policy: str = "mix"
     quick: bool = False
     seed: int = 0
     size_mb: float | None = None  # corpus size, MiB (default 16 quick, 64 full)
@@ -473,7 +476,8 @@ class SubstringBench:
             nrg_adapt(power_cap, knob=knob) as loop,
         ):
             # The paper's loop: one string per iteration, with as many
-            # threads as the knob says; the library moves the knob.
+            # threads as the knob says; the library moves the knob (and,
+            # with "mix", alternates the two counts around the cap).
             for p in patterns:
                 loop.step()
                 k = int(knob.value)
@@ -789,7 +793,8 @@ def figure(doc: dict[str, Any]) -> Any:
     fig, (ax_e, ax_p) = plt.subplots(1, 2, figsize=(11, 4.6))
     styles = {"nrgloops": ("tab:green", "o"), "governor": ("tab:red", "s")}
     gov = doc["governor"]["kind"] or "none"
-    names = {"nrgloops": "NRG-loop (thread ramp)", "governor": f"system governor ({gov})"}
+    knob = f"{doc.get('config', {}).get('policy', '')} thread knob".strip()
+    names = {"nrgloops": f"NRG-loop ({knob})", "governor": f"system governor ({gov})"}
     caps_all = sorted({r["cap_w"] for r in rows if r["cap_w"] is not None})
     span = (caps_all[-1] - caps_all[0]) if len(caps_all) > 1 else 0.0
     width = max(span, caps_all[0] if caps_all else 1.0) * 0.04  # half-width of a cap's bar
