@@ -18,6 +18,10 @@ makes the kernel read the MSR, so on real hardware every row grows by the
 same kernel cost per counter; these figures isolate the user-space cost of
 each way of reading, which is what a reader can change.
 
+Every figure is the min / median / max over repeats (25 loops of calls for
+the per-call costs, 3 runs for the sampler thread's CPU share), measured on
+this machine.
+
 Run:  python benchmarks/meter_read.py [--quick]
 Writes benchmarks/results/meter_read.json and .png.
 """
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,8 +51,15 @@ from nrgloops.testing import FakeMeter
 HERE = Path(__file__).resolve().parent
 
 
-def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 25) -> float:
-    """Best of ``repeats`` (as timeit) of the mean time of one call in a loop of n, ns."""
+Stats = dict[str, float]  # {"min": ..., "median": ..., "max": ...}
+
+
+def stats(values: list[float]) -> Stats:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 25) -> Stats:
+    """Over ``repeats`` loops of n calls: the mean time of one call, ns."""
     for _ in range(n):  # warm up (caches, branch predictors, CPU frequency)
         fn()
     times = []
@@ -56,22 +68,22 @@ def per_call_ns(fn: Callable[[], Any], n: int, repeats: int = 25) -> float:
         for _ in range(n):
             fn()
         times.append((time.perf_counter_ns() - t0) / n)
-    return min(times)
+    return stats(times)
 
 
-def per_stmt_ns(stmt: str, env: dict[str, Any], n: int, repeats: int = 25) -> float:
+def per_stmt_ns(stmt: str, env: dict[str, Any], n: int, repeats: int = 25) -> Stats:
     """Like timeit: the statement inlined in a tight loop, ns per statement."""
     import timeit
 
     timeit.repeat(stmt, globals=env, number=n, repeat=2)  # warm up
-    return min(timeit.repeat(stmt, globals=env, number=n, repeat=repeats)) / n * 1e9
+    return stats([t / n * 1e9 for t in timeit.repeat(stmt, globals=env, number=n, repeat=repeats)])
 
 
 def machine() -> dict[str, Any]:
     return {**machine_info(), "tmpfs": "/dev/shm", "load_average_1min": os.getloadavg()[0]}
 
 
-def raw_c_read(meter: Any, n: int) -> tuple[float, float]:
+def raw_c_read(meter: Any, n: int) -> tuple[Stats, Stats]:
     """(ns per nrg_source_read called from Python, ns of the cffi call itself)."""
     src = meter._source
     t = ffi.new("double *")
@@ -84,8 +96,14 @@ def raw_c_read(meter: Any, n: int) -> tuple[float, float]:
     return full, call
 
 
-def sampler_cpu(meter: Any, seconds: float) -> dict[str, float]:
-    """Process CPU time over wall time, main thread asleep, sampler at 1 kHz."""
+def sampler_cpu(meter: Any, seconds: float, repeats: int = 3) -> dict[str, Any]:
+    """Process CPU time over wall time, main thread asleep, sampler at 1 kHz:
+    min / median / max over ``repeats`` runs."""
+    runs = [_sampler_cpu_once(meter, seconds) for _ in range(repeats)]
+    return {k: stats([r[k] for r in runs]) for k in runs[0]}
+
+
+def _sampler_cpu_once(meter: Any, seconds: float) -> dict[str, float]:
     c0, w0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
     idle = (time.process_time() - c0) / (time.monotonic() - w0)
@@ -108,7 +126,7 @@ def main() -> None:
     # loops of n calls, best of 25: short loops make the best one likely to
     # fall between the scheduler's interruptions on a busy machine
     n = 4_000 if args.quick else 40_000
-    cpu_s = 1.0 if args.quick else 5.0
+    cpu_s = 1.0 if args.quick else 3.0
 
     base = Path(tempfile.mkdtemp(prefix="nrgloops-bench-", dir="/dev/shm"))
     results: dict[str, Any] = {"machine": machine(), "iterations": n, "rows_ns": {}}
@@ -123,7 +141,9 @@ def main() -> None:
         for name, meter in (("msr", msr_meter), ("powercap", pc_meter)):
             full, call = raw_c_read(meter, n)
             rows[f"{name}: C read (nrg_source_read via cffi)"] = full
-            rows[f"{name}: C read, cffi call overhead removed"] = full - call
+            rows[f"{name}: C read, cffi call overhead removed"] = {
+                k: v - call["median"] for k, v in full.items()
+            }
             rows[f"{name}: meter.read() from Python"] = per_call_ns(meter.read, n)
         results["cffi_call_ns"] = call
 
@@ -183,6 +203,10 @@ def main() -> None:
     print(f"\nwrote {args.out / 'meter_read.json'} and {args.out / 'meter_read.png'}")
 
 
+def _mmm(x: Stats, fmt: str = "9.0f") -> str:
+    return f"{x['min']:{fmt}} {x['median']:{fmt}} {x['max']:{fmt}}"
+
+
 def report(results: dict[str, Any]) -> None:
     m = results["machine"]
     rows = results["rows_ns"]
@@ -191,13 +215,13 @@ def report(results: dict[str, Any]) -> None:
         "2 counters per reading; "
         f"load average {m['load_average_1min']:.2f} -> {m.get('load_average_1min_end', 0):.2f}"
     )
-    print("times: best of 25 runs of a loop of calls (as timeit), ns per call")
-    print(f"\n{'one reading (package-0 + dram-0)':58s} {'ns':>9s}")
+    print("times: 25 runs of a loop of calls (as timeit), ns per call, measured")
+    print(f"\n{'one reading (package-0 + dram-0)':58s} {'min':>9s} {'median':>9s} {'max':>9s}")
     for name, ns in rows.items():
-        print(f"{name:58s} {ns:9.0f}")
+        print(f"{name:58s} {_mmm(ns)}")
     pyrapl = rows.get("pyRAPL: Sensor.energy() (pyRAPL 0.2.3.1 itself)")
     naive = rows["naive: open/read/close energy_uj per reading"]
-    print("\nratios (how many times cheaper than the other way; target >= 5x):")
+    print("\nratios of medians (how many times cheaper than the other way; target >= 5x):")
     for ours in (
         "msr: C read (nrg_source_read via cffi)",
         "powercap: C read (nrg_source_read via cffi)",
@@ -206,20 +230,22 @@ def report(results: dict[str, Any]) -> None:
     ):
         line = f"  {ours:45s}"
         if pyrapl:
-            line += f" vs pyRAPL {pyrapl / rows[ours]:6.1f}x"
-        line += f"   vs open/read/close {naive / rows[ours]:6.1f}x"
+            line += f" vs pyRAPL {pyrapl['median'] / rows[ours]['median']:6.1f}x"
+        line += f"   vs open/read/close {naive['median'] / rows[ours]['median']:6.1f}x"
         print(line)
     power = rows["s.power(0.1) on a running sampler"]
+    pub = rows["s.published[slot] (the per-iteration read)"]
     print(
-        f"\ns.power(0.1): {power:.0f} ns per call (target < 150 ns); "
-        f"s.published[slot]: {rows['s.published[slot] (the per-iteration read)']:.0f} ns "
-        "(timeit, loop overhead included)"
+        f"\ns.power(0.1): {_mmm(power, '.0f')} ns min/median/max per call (target < 150 ns); "
+        f"s.published[slot]: {_mmm(pub, '.0f')} ns (timeit, loop overhead included)"
     )
     for name, c in results["sampler_1khz"].items():
+        share = {k: v * 100 for k, v in c["cpu_share"].items()}
+        idle = {k: v * 100 for k, v in c["idle_share"].items()}
         print(
-            f"sampler at 1 kHz on {name}: {c['cpu_share'] * 100:.2f}% of one core "
-            f"(target < 2%; idle process {c['idle_share'] * 100:.2f}%), "
-            f"{c['rate_hz']:.0f} samples/s, {c['errors']} errors"
+            f"sampler at 1 kHz on {name}: {_mmm(share, '.2f')} % of one core min/median/max "
+            f"(target < 2%; idle process {_mmm(idle, '.2f')} %), "
+            f"{c['rate_hz']['median']:.0f} samples/s, {c['errors']['max']:.0f} errors"
         )
 
 
@@ -238,6 +264,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if "overhead" not in k and not k.startswith("reference")
     }
     names = list(rows)
+    med = {k: rows[k]["median"] for k in names}
+    lo = [med[k] - rows[k]["min"] for k in names]
+    hi = [rows[k]["max"] - med[k] for k in names]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
     colors = [
         "#2a7"
@@ -247,16 +276,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
         else "#48c"
         for k in names
     ]
-    ax.barh(names, [rows[k] for k in names], color=colors)
+    ax.barh(names, [med[k] for k in names], color=colors, xerr=[lo, hi], capsize=3)
     ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_xlabel("ns per call (log scale)")
+    ax.set_xlabel("ns per call, measured: median, bars min-max (log scale)")
     m = results["machine"]
     ax.set_title(
         f"Cost of one reading (2 counters, fake trees in tmpfs)\n{machine_line(m)}", fontsize=10
     )
     for i, k in enumerate(names):
-        ax.text(rows[k], i, f" {rows[k]:.0f} ns", va="center", fontsize=8)
+        ax.text(rows[k]["max"], i, f" {med[k]:.0f} ns", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

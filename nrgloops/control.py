@@ -22,16 +22,23 @@ level under the cap faster from far away.
 
 The mixed level (after POET)
 ----------------------------
-The state is a real level ``x`` on the grid's index scale, ``0 <= x <= top
-index``.  The application reads one grid level at a time (``knob.value``):
-at each tick of the loop (every ~2 ms, or every iteration when iterations are
-slower) the knob picks the level below ``x`` or the one above, so that the
-*time* spent at the upper one is the fractional part of ``x``: a first-order
-sigma-delta on time, deterministic and evenly spread (like perforate's
-accumulator), which costs nothing on the per-iteration path.  This is POET's
-time-division between the two configurations that bracket the target (Imes,
-Kim, Maggio, Hoffmann: "POET: a portable approach to minimizing energy under
-soft real-time constraints", RTAS 2015).
+The state is a mix: two grid levels and the share of the time spent at the
+upper one (``knob.level`` is the level it averages to).  The application
+reads one grid level at a time (``knob.value``): at each tick of the loop
+(every ~2 ms, or every iteration when iterations are slower) the knob picks
+one of the two, so that the *time* spent at the upper one tracks the share:
+a first-order sigma-delta on time, deterministic and evenly spread (like
+perforate's accumulator), which costs nothing on the per-iteration path.  A
+long stay at one level (a slow iteration, a preempted thread) is made up for
+within a window.  This is POET's time-division between the two
+configurations that bracket the target (Imes, Kim, Maggio, Hoffmann: "POET:
+a portable approach to minimizing energy under soft real-time constraints",
+RTAS 2015).  The two are the grid levels around the target, unless two
+levels further apart do at least ``HULL_GAIN`` (3%) more work at the cap:
+the best static mix is on the upper concave hull of (power, work) per level,
+as POET's configurations are, and with power concave in the level and work
+linear (``work=`` per level; default the level itself) that is the bottom
+and top levels in turn.
 
 The learned model
 -----------------
@@ -48,7 +55,9 @@ its workload's base power with a scalar Kalman filter the same way):
   workload that changes slowly;
 - robustness: a window whose power is off a confident prediction by more
   than 2.5 standard deviations moves the model by 2.5 only (an outlier: a
-  preempted thread, a burst of another program);
+  preempted thread, a burst of another program); a level never seen that
+  ran for under 20% of a window is taken at its guess, not learned from it
+  (that would amplify the noise five times);
 - a phase change: when two windows in a row differ from a confident
   prediction the same way by more than ``phase`` (5%) and four standard
   deviations, or one window by more than three times ``phase``, the
@@ -63,18 +72,22 @@ proportionally to the level's index + 1); below the lowest one seen, with a
 single level known, it is unknown, and the knob goes to the bottom to learn it.
 
 The controller, once a window (``dwell``, default the cap's window): learn
-from the window, then jump to the highest ``x`` whose predicted power is
+from the window, then jump to the mix whose predicted power is
 ``cap * (1 - margin)`` (``margin`` = 1%), the prediction being linear between
-two grid levels, as a time-division is.  The model's error on the window is
-the correction: the next jump is made with the levels corrected.  After a
-move the knob waits ``window * 1.2`` before learning again, so that the window
-it learns from holds one mix only (and the plant's lag has settled).  A change
-of the cap re-plans at once, from the model.  So a change of cap settles in
-about one window, a change of workload in two or three.
+the mix's two levels, as a time-division is.  The model's error on the window
+is the correction: the next jump is made with the levels corrected.  A move
+that changes the predicted power by under ``DEADBAND`` (0.7%) of the cap is
+not made (noise); after a move of more than ``BIG_MOVE`` (2%) the knob waits
+``window * 1.2`` before learning again, so that the window it learns from
+holds one mix only (and the plant's lag has settled).  Over the cap before
+anything is known (the loop's start), it goes to the bottom at once to learn
+it.  A change of the cap re-plans at once, from the model.  So a change of
+cap settles in about one window, a change of workload in two or three
+(``benchmarks/control.py`` measures it).
 
-Unreachable and non-binding caps (after CoPPer: Reddy Basireddy et al.,
-ICAC 2019, who detect targets a controller cannot reach and back off rather
-than wind up): when the bottom level's learned power is over the cap, the
+Unreachable and non-binding caps (after CoPPer: Imes, Zhang, Zhao,
+Hoffmann, ICAC 2019, whose controller detects targets it cannot reach and
+backs off rather than winds up): when the bottom level's learned power is over the cap, the
 knob sits at the bottom, warns once and records by how much (``unreachable_w``);
 when the top level's is under it, the knob sits at the top and ``bound``
 stays False.  The state is ``x`` in its range and the model: nothing winds up.
