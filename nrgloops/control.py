@@ -49,7 +49,9 @@ Kalman filter with a diagonal covariance updates the levels seen (POET tracks
 its workload's base power with a scalar Kalman filter the same way):
 
 - measurement noise: ``R = (noise * y)^2`` (``noise`` = 2%: a window's power
-  is known to about 2%);
+  is known to about 2%), or the relative noise seen on confident windows
+  (an average over ~20 of them) where that is larger: a loaded machine, a
+  noisy workload;
 - process noise: each level's variance grows by ``(drift * P[i])^2`` per
   window (``drift`` = 0.5%), so old evidence fades and the model follows a
   workload that changes slowly;
@@ -140,6 +142,7 @@ HULL_GAIN = 0.03  # mix far-apart levels only for 3% more work than the adjacent
 PHASE_FOLLOW = 2  # after a phase change the next 2 windows rescale every level too
 PHASE_AT_ONCE = 3.0  # a window off by 3 x phase (15%) is a phase change without confirmation
 MIN_SHARE = 0.2  # a new level is learned from windows where it ran 20% of the time or more
+NOISE_LEARN = 0.05  # the seen noise averages over ~20 windows
 CLIP_SIGMAS = 2.5  # a confident model's error is clipped at 2.5 standard deviations
 
 
@@ -171,6 +174,7 @@ class PowerModel:
         self.observations = 0
         self._suspect = 0.0  # the last window's large relative error (a phase, or an outlier?)
         self._follow = 0  # windows after a phase change that rescale every level
+        self._seen_noise2 = 0.0  # the relative noise seen on confident windows, squared
         self._table: list[float] | None = None
 
     @property
@@ -253,7 +257,8 @@ class PowerModel:
                 v[i] += (self.drift * p[i]) ** 2
         pred = sum(w * p[i] for i, w in weights.items())
         r = y - pred
-        s = sum(w * w * v[i] for i, w in weights.items()) + (self.noise * y) ** 2 / trust
+        noise = max(self.noise, math.sqrt(self._seen_noise2))
+        s = sum(w * w * v[i] for i, w in weights.items()) + (noise * y) ** 2 / trust
         self._table = None
         sd = math.sqrt(s)
         if self._follow and pred > 0 and all(p[i] == p[i] for i in weights):
@@ -279,6 +284,9 @@ class PowerModel:
             self._suspect = 0.0
         if seen:  # a robust update: one outlier moves a confident model little
             r = max(-CLIP_SIGMAS * sd, min(CLIP_SIGMAS * sd, r))
+            # the noise seen on confident predictions (a loaded machine, a
+            # noisy workload): the filter trusts one window no more than that
+            self._seen_noise2 += NOISE_LEARN * ((r / pred) ** 2 - self._seen_noise2)
         for i, w in weights.items():
             k = w * v[i] / s
             p[i] = max(0.0, p[i] + k * r)
