@@ -627,7 +627,7 @@ class Knob(Generic[N]):
                 # over from the start: learn from the partial window (as the
                 # noisy figure it is), then plan (the bottom, to learn it)
                 # rather than stay over
-                self._learn(power, now, window, least=0.0)
+                self._learn(power, now, window, least=0.0, cap=cap)
                 self._cap = cap
                 self._last_update = now
                 self._plan(cap, now)
@@ -698,7 +698,9 @@ class Knob(Generic[N]):
                 out[i] = out.get(i, 0.0) + (hi - lo) / span
         return out
 
-    def _learn(self, power: float, now: float, window: float, least: float = 0.5) -> bool:
+    def _learn(
+        self, power: float, now: float, window: float, least: float = 0.5, cap: float = math.inf
+    ) -> bool:
         """Learn from the window ending now if it holds no move (nor the
         lag after one) and spans at least ``least`` of a window; True if it
         showed a phase change."""
@@ -714,7 +716,29 @@ class Knob(Generic[N]):
             return False
         self._t_learned = now
         trust = min(1.0, span / window)  # a partial window averages fewer samples
-        return self.model.observe({i: s / total for i, s in w.items()}, power, trust)
+        shares = {i: s / total for i, s in w.items()}
+        phase = self.model.observe(shares, power, trust)
+        if shares.get(0, 0.0) > 0.95 and self._x == 0.0 and trust == 1.0:
+            self._at_bottom(power, cap)
+        return phase
+
+    def _at_bottom(self, power: float, cap: float) -> None:
+        """A whole window at the bottom: over the cap, the cap is not
+        reachable (measured, and by the model's smoothed figure)."""
+        bottom = self.model.p[0]
+        if not (power > cap and bottom > cap):
+            return
+        short = min(power, bottom) - cap
+        if self.unreachable_w is None or short > self.unreachable_w:
+            self.unreachable_w = short
+        if "unreachable" not in self._warned:
+            self._warned.add("unreachable")
+            warnings.warn(
+                f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
+                f"{min(power, bottom):.4g} W ({short:.3g} W over it); running it",
+                RuntimeWarning,
+                stacklevel=6,
+            )
 
     def _mix_update(
         self,
@@ -731,7 +755,7 @@ class Knob(Generic[N]):
         if now - self._last_move < (1.0 + LEARN_GUARD) * window and self.model.known:
             return False  # the window still holds the previous mix
         self._last_update = now
-        self._learn(power, now, window)
+        self._learn(power, now, window, cap=cap)
         self._cap = cap
         if not self.model.known:
             return False
@@ -758,19 +782,6 @@ class Knob(Generic[N]):
                 break
         if x < top:
             self.bound = True
-        bottom = self.model.p[0]
-        if x == 0.0 and bottom == bottom and bottom > cap:
-            short = bottom - cap
-            if self.unreachable_w is None or short > self.unreachable_w:
-                self.unreachable_w = short
-            if "unreachable" not in self._warned:
-                self._warned.add("unreachable")
-                warnings.warn(
-                    f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
-                    f"{bottom:.4g} W ({short:.3g} W over it); running it",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
         a = min(int(math.floor(x)), top)
         b, f = min(a + 1, top), x - a
         if 0 < x < top:
