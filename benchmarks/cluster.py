@@ -18,9 +18,10 @@ levels run, per iteration); for ``balance``, the time from bursty's drop until t
 other workers' leases hold 90% of the watts it freed (and their power draws them);
 for ``kill``, the time from the kill until the others' leases hold 90% of the
 killed worker's lease above its floor.  The work is counted by the plants (the
-level of each iteration, summed), so a machine busy with other work lowers it for
-every scenario alike: the scenarios' order turns between repeats, and the ratios
-are within each repeat.
+level of each iteration, summed), so a machine busy with other work lowers it (the
+iterations' sleeps overrun): the scenarios' order turns between repeats, the ratios
+are within each repeat, and the level-seconds (the integral of the level over time:
+the speed the leases buy, whatever the VM's delays) are reported beside it.
 Prints min/median/max over the repeats and saves CSV + JSON + PNG under
 ``benchmarks/results/``.
 
@@ -60,6 +61,8 @@ KILLED = "heavy"
 KILL_AT = 0.5
 FLOOR_W = 4.0
 RECORD_S = 0.05
+# a sample: (time s, joules so far, lease W, work so far, level-seconds so far)
+Row = tuple[float, float, float, float, float]
 PUSH_S = 0.25
 
 
@@ -68,10 +71,10 @@ class Recorder:
     """Where workers push their samples (so a killed worker's survive it)."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[tuple[float, float, float, float]]] = {}
+        self.rows: dict[str, list[Row]] = {}
         self.meta: dict[str, dict[str, Any]] = {}
 
-    def add(self, name: str, rows: list[tuple[float, float, float, float]]) -> None:
+    def add(self, name: str, rows: list[Row]) -> None:
         self.rows.setdefault(name, []).extend(rows)
 
     def note(self, name: str, meta: dict[str, Any]) -> None:
@@ -132,7 +135,8 @@ class Worker:
         if drop:
             recorder.note.remote(self.name, {"drop": t0 + drop[0] * seconds})
         end = start + seconds
-        rows: list[tuple[float, float, float, float]] = []
+        rows: list[Row] = []
+        level_s = 0.0
         next_record = next_push = time.monotonic()
         names = plant.meter.total_domains
         with cap, nrg_adapt(cap, knob=knob) as loop:
@@ -141,7 +145,8 @@ class Worker:
                 now = time.monotonic()
                 if now >= next_record:
                     r = plant.meter.read()
-                    rows.append((r.time, sum(r.joules[d] for d in names), cap.watts, plant.work))
+                    joules = sum(r.joules[d] for d in names)
+                    rows.append((r.time, joules, cap.watts, plant.work, level_s))
                     next_record = now + RECORD_S
                     if now >= next_push:
                         recorder.add.remote(self.name, rows)
@@ -149,12 +154,15 @@ class Worker:
                 if now >= end:
                     break
                 loop.step()
-                plant.iterate(knob.value)
+                level = knob.value
+                plant.iterate(level)
+                after = time.monotonic()
+                level_s += level * (after - now)  # the speed bought, whatever the VM's delays
         recorder.add.remote(self.name, rows)
         return plant.work
 
 
-def energy_at(rows: list[tuple[float, float, float, float]], t: float) -> float:
+def energy_at(rows: list[Row], t: float) -> float:
     """A worker's cumulative joules at time t (linear between samples; flat after the last:
     a killed worker draws nothing)."""
     if not rows or t <= rows[0][0]:
@@ -168,11 +176,11 @@ def energy_at(rows: list[tuple[float, float, float, float]], t: float) -> float:
             lo = mid
         else:
             hi = mid
-    (t0, j0, _, _), (t1, j1, _, _) = rows[lo], rows[hi]
+    (t0, j0, *_), (t1, j1, *_) = rows[lo], rows[hi]
     return j0 + (j1 - j0) * (t - t0) / (t1 - t0) if t1 > t0 else j1
 
 
-def value_at(rows: list[tuple[float, float, float, float]], t: float, col: int) -> float:
+def value_at(rows: list[Row], t: float, col: int) -> float:
     """The last sample's column at or before t (a lease or the work so far)."""
     v = rows[0][col] if rows else 0.0
     for row in rows:
@@ -245,6 +253,7 @@ def scenario(
         "peak_1s_over_budget": max(windows) / budget_w,
         "windows_over_5pct": sum(w > 1.05 * budget_w for w in windows) / len(windows),
         "work": sum(works.values()),
+        "level_s": sum(rows[n][-1][4] for n in rows),
         "work_per_worker": works,
         "freed_to_lease_s": math.nan,
         "freed_to_power_s": math.nan,
@@ -347,7 +356,8 @@ def main() -> None:
             print(
                 f"  repeat {r} {res['scenario']:8s} avg {res['avg_power_w']:6.1f} W "
                 f"({res['avg_over_budget']:.3f} of budget), peak 1 s {res['peak_1s_w']:6.1f} W "
-                f"({res['peak_1s_over_budget']:.3f}), work {res['work']:.0f}"
+                f"({res['peak_1s_over_budget']:.3f}), work {res['work']:.0f}, "
+                f"level-s {res['level_s']:.0f}"
             )
             if kill:
                 workers[KILLED] = Worker.remote(KILLED)  # type: ignore[attr-defined]
@@ -360,9 +370,15 @@ def main() -> None:
     ratios = [
         b["work"] / e["work"] for b, e in zip(by["balance"], by["even"], strict=True) if e["work"]
     ]
+    speed = [
+        b["level_s"] / e["level_s"]
+        for b, e in zip(by["balance"], by["even"], strict=True)
+        if e["level_s"]
+    ]
     per = args.period
     summary = {
         "work_ratio_balance_over_even": ratios,
+        "level_s_ratio_balance_over_even": speed,
         "freed_to_lease_periods": [x["freed_to_lease_s"] / per for x in by["balance"]],
         "freed_to_power_periods": [x["freed_to_power_s"] / per for x in by["balance"]],
         "killed_to_lease_s": [x["killed_to_lease_s"] for x in by["kill"]],
@@ -375,6 +391,10 @@ def main() -> None:
             f"1 s windows > 5% over {spread([x['windows_over_5pct'] for x in rows])}"
         )
     print(f"  work, balance / even: {spread(ratios)}  (target >= 1.15)")
+    print(
+        f"  level-seconds (the speed the leases buy, without the VM's delays), "
+        f"balance / even: {spread(speed)}"
+    )
     print(
         f"  a freed share in others' leases after {spread(summary['freed_to_lease_periods'])} "
         f"periods, in their power after {spread(summary['freed_to_power_periods'])} periods "

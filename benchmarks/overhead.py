@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nrgloops
-from nrgloops import EnergyBudget, Knob, PowerCap, nrg_adapt, perforate, truncate
+from nrgloops import EnergyBudget, Knob, PowerCap, _checks, nrg_adapt, perforate, truncate
 from nrgloops._machine import machine_line
 from nrgloops.loops import AdaptedFunction
 
@@ -115,6 +115,11 @@ def main() -> int:
     ap.add_argument("--meter", default="auto", help="meter kind (the cost does not depend on it)")
     ap.add_argument("--no-plot", action="store_true")
     a = ap.parse_args()
+    try:
+        _checks.count("--rounds", a.rounds, lo=1)
+        _checks.count("--n", a.n, lo=1)
+    except ValueError as exc:
+        ap.error(str(exc))
     cases, adapted = make_cases(a.meter)
     r = range(a.n)
     samples: dict[str, list[float]] = {k: [] for k in cases}

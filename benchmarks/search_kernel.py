@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from nrgloops import _checks
 from nrgloops._machine import cpu_count, machine_info
 from nrgloops.bench.corpus import make_corpus
 from nrgloops.bench.search import Searcher
@@ -68,6 +69,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
+    try:
+        _checks.number("--size-mb", args.size_mb, "MiB", lo=0.01, hi=4096.0)
+        _checks.count("--repeat", args.repeat, lo=1)
+        _checks.count("--seed", args.seed)
+    except ValueError as exc:
+        ap.error(str(exc))
 
     corpus = make_corpus(int(args.size_mb * (1 << 20)), args.seed)
     n = len(corpus)

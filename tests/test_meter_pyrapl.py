@@ -112,6 +112,20 @@ def test_unknown_wrap_loses_one_interval_never_decreases() -> None:
         assert m.poll_errors >= 1
 
 
+def test_a_jump_beyond_the_physical_bound_is_a_reset() -> None:
+    sensor = FakeSensor([1000.0, 50.0])
+    with open_pyrapl(period=0.001, sensor=sensor) as m:
+        sensor.add(0, 2_000_000)  # 2 J: energy
+        wait_polls(m)
+        assert m.read().joules["package-0"] == pytest.approx(2.0)
+        sensor.add(0, 10**12)  # 1 MJ in a millisecond: a counter that restarted
+        wait_polls(m)
+        assert m.read().joules["package-0"] == pytest.approx(2.0) and m.resets == 1
+        sensor.add(0, 500_000)  # counts on from there
+        wait_polls(m)
+        assert m.read().joules["package-0"] == pytest.approx(2.5)
+
+
 @needs_pyrapl
 def test_real_pyrapl_on_fake_tree_with_wrap(shm: Path) -> None:
     tree = pt.server(shm, packages=2)

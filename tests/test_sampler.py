@@ -263,15 +263,23 @@ def test_stop_while_other_threads_read_is_safe() -> None:
     started again: they get numbers, NaN or "not running", never freed memory
     (run in a child process: a crash would be a signal there, not here)."""
     code = """
-import threading, time
+import gc, math, threading, time
 from nrgloops import NrgError, Sampler
+from nrgloops._ffi import ffi, lib
 from nrgloops.testing import FakeMeter
 s = Sampler(FakeMeter(watts=30.0), period=0.001)
+# what truncate's hot loop does: keep the C pointer across many reads
+s.start(); time.sleep(0.02); ptr = s._ptr(); s.stop(); gc.collect()
+assert lib.nrg_sampler_energy(ptr, -1) > 0
+t, w = ffi.new("double[]", 20000), ffi.new("double[]", 20000)
+assert lib.nrg_sampler_series(ptr, -math.inf, 0.005, -1, t, w, 20000) > 0
+del ptr
 done = False
 def read():
     while not done:
         try:
             s.power(0.01); s.energy(); s.power(0.02, "package-0")
+            s.series(-math.inf, 0.001)
         except NrgError:
             pass
 threads = [threading.Thread(target=read) for _ in range(3)]

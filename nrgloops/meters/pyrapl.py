@@ -34,6 +34,10 @@ __all__ = ["PyRaplMeter", "open_pyrapl"]
 
 UJ = 1e-6
 _DEVICES = ("package", "dram")  # pyRAPL's Device.PKG = 0, Device.DRAM = 1
+# As in the C counter source: a step above 1 kW over the interval (plus 50 ms
+# of slack) is a counter reset, not energy.
+WRAP_BOUND_WATTS = 1000.0
+RESET_SLACK_S = 0.05
 
 
 def _moduli(sensor: Any) -> dict[int, float]:
@@ -82,7 +86,9 @@ class _Poller:
         self.period = period
         self.stop = threading.Event()
         self.errors = 0
+        self.resets = 0
         self.polls = 0
+        self.last_t = time.monotonic()
 
     def push(self) -> None:
         for i, j in enumerate(self.total):
@@ -91,6 +97,9 @@ class _Poller:
 
     def poll(self) -> None:
         values = self.sensor.energy()
+        now = time.monotonic()
+        bound_uj = WRAP_BOUND_WATTS * (now - self.last_t + RESET_SLACK_S) / UJ
+        self.last_t = now
         for i, pos in enumerate(self.positions):
             raw = float(values[pos])
             if raw < 0:  # pyRAPL's "not available"
@@ -104,6 +113,9 @@ class _Poller:
                     delta = 0.0
                 else:
                     delta += modulus
+            if delta > bound_uj:  # a reset (resume, driver reload): not energy
+                self.resets += 1
+                delta = 0.0
             self.total[i] += delta * UJ
             self.last[i] = raw
         self.polls += 1
@@ -133,6 +145,11 @@ class PyRaplMeter(Meter):
     def poll_errors(self) -> int:
         """Polls of pyRAPL that failed or found a wrap of unknown size."""
         return self._poller.errors
+
+    @property
+    def resets(self) -> int:
+        """Counter resets the polling thread saw and did not book."""
+        return self._poller.resets
 
     @property
     def polling(self) -> bool:
