@@ -34,9 +34,10 @@ def test_constant_intensity_stops_like_the_energy_it_buys() -> None:
     budget = CarbonBudget(0.3, intensity=G_PER_KWH, source="test grid", kind="marginal", meter=fake)
     r = run(budget)
     assert r.budget_g == 0.3 and r.budget_j is None
-    assert r.carbon_g == pytest.approx(0.3, rel=0.05)  # stops at the budget, a few items over
+    # stops at the budget: over it by at most the last item (a stalled one on a loaded machine)
+    assert r.carbon_g is not None and 0.3 <= r.carbon_g < 0.3 * 1.2
     assert r.carbon_g == pytest.approx(r.energy_j * G_PER_KWH / J_PER_KWH, rel=0.02)
-    assert r.energy_j == pytest.approx(0.3 * J_PER_KWH / G_PER_KWH, rel=0.05)
+    assert 0.3 * J_PER_KWH / G_PER_KWH <= r.energy_j < 1.2 * 0.3 * J_PER_KWH / G_PER_KWH
     assert r.intensity is not None
     assert r.intensity["source"] == "test grid" and r.intensity["kind"] == "marginal"
     assert r.intensity["mean_g_per_kwh"] == pytest.approx(G_PER_KWH, rel=0.02)
@@ -53,7 +54,7 @@ def test_a_rising_intensity_stops_the_loop_sooner() -> None:
         return G_PER_KWH if t < t0 + 0.2 else 4 * G_PER_KWH
 
     r = run(CarbonBudget(0.6, intensity=intensity, meter=fake))
-    assert r.carbon_g == pytest.approx(0.6, rel=0.1)
+    assert r.carbon_g is not None and 0.6 <= r.carbon_g < 0.6 * 1.2
     # the grams per joule rose: fewer joules than at the first intensity all along
     assert r.energy_j < 0.6 * J_PER_KWH / G_PER_KWH * 0.8
     assert r.intensity is not None and G_PER_KWH < r.intensity["mean_g_per_kwh"] <= 4 * G_PER_KWH
@@ -93,10 +94,11 @@ def test_the_budget_may_change_at_run_time() -> None:
     t0 = time.monotonic()
     for i in loop:
         time.sleep(0.001)
-        if i == 20:
-            budget.grams = 0.1  # from the next check on
+        if i == 5:
+            budget.grams = 0.2  # from the next check on
         assert time.monotonic() - t0 < 10
-    assert loop.report.carbon_g == pytest.approx(0.1, rel=0.2)
+    g = loop.report.carbon_g
+    assert g is not None and 0.2 <= g < 0.2 * 1.25
 
 
 def test_missing_energy_is_missing_carbon() -> None:

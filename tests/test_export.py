@@ -145,6 +145,17 @@ def test_serve_command_over_http_and_ctrl_c() -> None:
             proc.wait()
 
 
-def test_serve_bad_port_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--port", "70000", "--meter", "model"]) == 2
-    assert "port" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--port", "70000"], "port"),
+        (["--port", "0", "--window", "0"], "window"),
+        (["--port", "0", "--addr", "192.0.2.1"], "192.0.2.1"),  # TEST-NET: not this machine
+    ],
+)
+def test_serve_bad_input_exits_2(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--meter", "model", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "error: serve:" in err and words in err
