@@ -412,6 +412,8 @@ class _Keeper:
     def __init__(self, watts: float, settings: dict[str, Any]) -> None:
         ray = _ray()
         restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        settings = dict(settings)
+        self._floor = settings.pop("floor")  # the workers' default floor
         self._ledger = _Ledger(watts, now=time.monotonic(), restarted=restarted, **settings)
 
     def config(self) -> dict[str, Any]:
@@ -422,6 +424,7 @@ class _Keeper:
             "period": lg.period,
             "expiry": lg.expiry,
             "epoch": lg.epoch,
+            "floor": self._floor,
         }
 
     def renew(self, worker: str, report: dict[str, Any]) -> tuple[str, float, float, float]:
@@ -533,6 +536,7 @@ class PowerBudget:
             "headroom": headroom,
             "policy": policy,
             "joules": joules,
+            "floor": floor,
         }
         self.name, self.namespace, self.floor = name, namespace, floor
         try:
@@ -563,7 +567,7 @@ class PowerBudget:
         self.floor = (
             _checks.number("floor", floor, "watts", lo=0.0, lo_open=True)
             if floor is not None
-            else self._config["watts"] / 100.0
+            else float(self._config["floor"])  # the one the budget was made with
         )
         return self
 

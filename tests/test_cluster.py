@@ -105,6 +105,17 @@ def test_the_core_and_the_cluster_module_import_no_ray() -> None:
     assert done.stdout.strip() == "False"  # Ray is imported when a keeper or lease is made
 
 
+def test_without_ray_a_budget_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # Ray "missing": every import of it fails
+        "from nrgloops.cluster import PowerBudget\n"
+        "PowerBudget(100)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert 'pip install "nrgloops[ray]"' in done.stderr
+
+
 # ---------------------------------------------------------------------------
 # the policy, without Ray
 
@@ -400,6 +411,8 @@ def test_caps_share_the_budget_and_follow_demands(budget: PowerBudget) -> None:
             time.sleep(FAST / 4)
         assert max(sums) <= 100.0 + 1e-6
         assert low.lease.reachable and low.lease.renewals >= 2
+        assert low.floor == 5.0  # the budget's floor, also for a worker that joins by name
+        assert PowerBudget.connect(budget.name).floor == 5.0
         with pytest.raises(AttributeError, match="follow its lease"):
             low.watts = 50.0
     finally:
