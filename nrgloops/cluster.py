@@ -104,7 +104,10 @@ lowered, the leases come down at each worker's next renewal (within a period); a
 worker silent for longer than ``forget`` but alive draws its floor unaccounted until
 it reaches the keeper again, and so does one that a restarted keeper did not hear
 from during its warm-up.  Leases are timed on each side's own monotonic clock (only
-durations cross machines: no clock needs to agree with another).
+durations cross machines: no clock needs to agree with another).  A share is held
+against the worker's own meter: one worker per node (RAPL measures the whole
+package) or per GPU (``meter=open_meter("nvml", index=i)``); workers sharing one
+package would each see all of its power.
 
 ``PowerBudget(...)`` works the same on one machine (``ray.init()``) and on a cluster
 (``ray.init(address=...)``): the keeper is found by its name, Ray carries the calls.
