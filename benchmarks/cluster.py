@@ -212,7 +212,14 @@ def scenario(
     kill: bool,
 ) -> dict[str, Any]:
     name = f"bench-{policy}-{'kill-' if kill else ''}{seed}"
-    budget = PowerBudget(budget_w, name=name, period=args.period, floor=FLOOR_W, policy=policy)
+    budget = PowerBudget(
+        budget_w,
+        name=name,
+        period=args.period,
+        floor=FLOOR_W,
+        policy=policy,
+        expect=len(workers),  # an even start: nobody takes it all before the others join
+    )
     start = time.monotonic() + 1.0
     refs = {
         n: w.run.remote(budget, recorder, start, args.seconds, seed + i, not kill)

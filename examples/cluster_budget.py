@@ -66,7 +66,7 @@ class Worker:
 
 def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    budget = PowerBudget(BUDGET_W, name="fleet", period=1.0, floor=4.0)
+    budget = PowerBudget(BUDGET_W, name="fleet", period=1.0, floor=4.0, expect=len(PLANTS))
     # two calls at once: progress() runs beside run()
     workers = {n: Worker.options(max_concurrency=2).remote(n) for n in PLANTS}  # type: ignore[attr-defined]
     runs = [w.run.remote(SECONDS) for w in workers.values()]

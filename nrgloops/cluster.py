@@ -238,8 +238,14 @@ class _Ledger:
         now: float,
         restarted: bool = False,
         joules: float | None = None,
+        expect: int = 0,
     ) -> None:
         self.watts = watts
+        # the fleet's size, when known: until that many workers have joined (or for
+        # ``forget`` s), the ones missing keep an even share each in the pool
+        self.expect = expect
+        self.expect_until = now + forget
+        self.joined: set[str] = set()
         self.joules = joules  # the energy pool, J (None: no energy budget)
         self.joules_left = math.inf if joules is None else joules
         if restarted and joules is not None:
@@ -288,6 +294,9 @@ class _Ledger:
         }
         fixed = sum(e.reserved(now) for k, e in self.workers.items() if k not in active)
         keys = list(active)
+        missing = self.expect - len(self.joined)
+        if missing > 0 and now < self.expect_until:
+            fixed += missing * self.watts / self.expect  # an even share for each still to come
         shares = _fill(
             [active[k].floor for k in keys],
             [active[k].want for k in keys],
@@ -333,6 +342,8 @@ class _Ledger:
                     "in all; give the workers smaller floors or the budget more watts"
                 )
             e = self.workers[worker] = _Worker(floor=floor, weight=weight, seen=now)
+            if len(self.joined) < self.expect:
+                self.joined.add(worker)
             if held > 0:
                 # a worker that holds watts the keeper does not know of (a lease of its
                 # previous life, or one it forgot): they are in force, so count them
@@ -488,6 +499,11 @@ class PowerBudget:
         headroom: what a worker gets over its demand, a fraction in [0, 1) (default 0.05).
         policy: "balance" (move slack to the capped workers; the default) or "even"
             (shares by weight only, demands ignored).
+        expect: how many workers the fleet will have (0: not known).  Until that
+            many have joined (or for ``forget`` s), an even share of each one still
+            to come stays in the pool, so that the first to join do not take it all
+            and the later ones do not wait for them to shrink (an even start, as
+            GEOPM's and Slurm's balancers make).
         joules: an energy pool for the fleet's truncated loops, J (> 0), or None.
             Each worker's ``cap.energy`` (an EnergyBudget) is then its allowance,
             topped up at each renewal by what its lease would use until the next
@@ -511,6 +527,7 @@ class PowerBudget:
         headroom: float = 0.05,
         policy: str = "balance",
         joules: float | None = None,
+        expect: int = 0,
         namespace: str | None = None,
         detached: bool = False,
         max_restarts: int = -1,
@@ -518,6 +535,7 @@ class PowerBudget:
         watts = _checks.number("watts", watts, "watts", lo=0.0, lo_open=True)
         if joules is not None:
             joules = _checks.number("joules", joules, "joules", lo=0.0, lo_open=True)
+        expect = _checks.count("expect", expect, lo=0)
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, not {name!r}")
         period = _checks.number("period", period, "seconds", lo=0.0, lo_open=True)
@@ -551,6 +569,7 @@ class PowerBudget:
             "policy": policy,
             "joules": joules,
             "floor": floor,
+            "expect": expect,
         }
         self.name, self.namespace, self.floor = name, namespace, floor
         try:

@@ -298,6 +298,29 @@ def test_unknown_demand_falls_back_to_slurms_thresholds() -> None:
     assert sim.held["b"] == pytest.approx(79.0)
 
 
+def test_an_expected_fleet_starts_even_and_nobody_waits() -> None:
+    book = _Ledger(
+        100.0, period=PERIOD, expiry=EXPIRY, forget=60.0, headroom=0.05, policy="balance",
+        now=0.0, expect=4,
+    )  # fmt: skip
+    sim = Sim(book)
+    for i, w in enumerate("abcd"):  # capped workers joining one after another
+        assert sim.renew(w, 0.1 * i, demand=200.0) == pytest.approx(25.0)
+    # once all four are in, the spare goes to them as usual
+    sim.renew("a", 1.0, demand=10.0)
+    assert sim.renew("b", 1.1, demand=200.0) == pytest.approx((100.0 - 10.5) / 3)
+    # and a fleet that never fills up stops waiting after `forget`
+    lone = _Ledger(
+        100.0, period=PERIOD, expiry=EXPIRY, forget=60.0, headroom=0.05, policy="balance",
+        now=0.0, expect=4,
+    )  # fmt: skip
+    assert Sim(lone).renew("a", 0.0, demand=200.0) == pytest.approx(25.0)
+    assert lone.renew(
+        "a", floor=5.0, weight=1.0, demand=200.0, drawn=math.nan, held=25.0,
+        epoch=lone.epoch, seq=9, now=61.0,
+    ) == pytest.approx(100.0)  # fmt: skip
+
+
 def test_even_policy_ignores_demands() -> None:
     book = ledger(100.0, policy="even")
     sim = Sim(book)
