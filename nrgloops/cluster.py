@@ -69,7 +69,7 @@ A target is granted at the worker's next renewal, within what the other workers'
 leases leave free.  A worker whose demand drops renews at once and acknowledges its
 lower lease as soon as it has applied it, so its slack is in the others' leases at
 their next renewals: within about one period (a few knob windows more for the knob's
-model to see the drop; measured: 1.2-1.4 periods in ``benchmarks/cluster.py``).
+model to see the drop; measured: 0.8-1.4 periods in ``benchmarks/cluster.py``).
 
 Energy
 ------
