@@ -49,7 +49,9 @@ Kalman filter with a diagonal covariance updates the levels seen (POET tracks
 its workload's base power with a scalar Kalman filter the same way):
 
 - measurement noise: ``R = (noise * y)^2`` (``noise`` = 2%: a window's power
-  is known to about 2%);
+  is known to about 2%), or the relative noise seen on confident windows
+  (an average over ~20 of them) where that is larger: a loaded machine, a
+  noisy workload;
 - process noise: each level's variance grows by ``(drift * P[i])^2`` per
   window (``drift`` = 0.5%), so old evidence fades and the model follows a
   workload that changes slowly;
@@ -140,6 +142,7 @@ HULL_GAIN = 0.03  # mix far-apart levels only for 3% more work than the adjacent
 PHASE_FOLLOW = 2  # after a phase change the next 2 windows rescale every level too
 PHASE_AT_ONCE = 3.0  # a window off by 3 x phase (15%) is a phase change without confirmation
 MIN_SHARE = 0.2  # a new level is learned from windows where it ran 20% of the time or more
+NOISE_LEARN = 0.05  # the seen noise averages over ~20 windows
 CLIP_SIGMAS = 2.5  # a confident model's error is clipped at 2.5 standard deviations
 
 
@@ -171,6 +174,7 @@ class PowerModel:
         self.observations = 0
         self._suspect = 0.0  # the last window's large relative error (a phase, or an outlier?)
         self._follow = 0  # windows after a phase change that rescale every level
+        self._seen_noise2 = 0.0  # the relative noise seen on confident windows, squared
         self._table: list[float] | None = None
 
     @property
@@ -253,7 +257,8 @@ class PowerModel:
                 v[i] += (self.drift * p[i]) ** 2
         pred = sum(w * p[i] for i, w in weights.items())
         r = y - pred
-        s = sum(w * w * v[i] for i, w in weights.items()) + (self.noise * y) ** 2 / trust
+        noise = max(self.noise, math.sqrt(self._seen_noise2))
+        s = sum(w * w * v[i] for i, w in weights.items()) + (noise * y) ** 2 / trust
         self._table = None
         sd = math.sqrt(s)
         if self._follow and pred > 0 and all(p[i] == p[i] for i in weights):
@@ -279,6 +284,9 @@ class PowerModel:
             self._suspect = 0.0
         if seen:  # a robust update: one outlier moves a confident model little
             r = max(-CLIP_SIGMAS * sd, min(CLIP_SIGMAS * sd, r))
+            # the noise seen on confident predictions (a loaded machine, a
+            # noisy workload): the filter trusts one window no more than that
+            self._seen_noise2 += NOISE_LEARN * ((r / pred) ** 2 - self._seen_noise2)
         for i, w in weights.items():
             k = w * v[i] / s
             p[i] = max(0.0, p[i] + k * r)
@@ -619,7 +627,7 @@ class Knob(Generic[N]):
                 # over from the start: learn from the partial window (as the
                 # noisy figure it is), then plan (the bottom, to learn it)
                 # rather than stay over
-                self._learn(power, now, window, least=0.0)
+                self._learn(power, now, window, least=0.0, cap=cap)
                 self._cap = cap
                 self._last_update = now
                 self._plan(cap, now)
@@ -690,7 +698,9 @@ class Knob(Generic[N]):
                 out[i] = out.get(i, 0.0) + (hi - lo) / span
         return out
 
-    def _learn(self, power: float, now: float, window: float, least: float = 0.5) -> bool:
+    def _learn(
+        self, power: float, now: float, window: float, least: float = 0.5, cap: float = math.inf
+    ) -> bool:
         """Learn from the window ending now if it holds no move (nor the
         lag after one) and spans at least ``least`` of a window; True if it
         showed a phase change."""
@@ -706,7 +716,29 @@ class Knob(Generic[N]):
             return False
         self._t_learned = now
         trust = min(1.0, span / window)  # a partial window averages fewer samples
-        return self.model.observe({i: s / total for i, s in w.items()}, power, trust)
+        shares = {i: s / total for i, s in w.items()}
+        phase = self.model.observe(shares, power, trust)
+        if shares.get(0, 0.0) > 0.95 and self._x == 0.0 and trust == 1.0:
+            self._at_bottom(power, cap)
+        return phase
+
+    def _at_bottom(self, power: float, cap: float) -> None:
+        """A whole window at the bottom: over the cap, the cap is not
+        reachable (measured, and by the model's smoothed figure)."""
+        bottom = self.model.p[0]
+        if not (power > cap and bottom > cap):
+            return
+        short = min(power, bottom) - cap
+        if self.unreachable_w is None or short > self.unreachable_w:
+            self.unreachable_w = short
+        if "unreachable" not in self._warned:
+            self._warned.add("unreachable")
+            warnings.warn(
+                f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
+                f"{min(power, bottom):.4g} W ({short:.3g} W over it); running it",
+                RuntimeWarning,
+                stacklevel=6,
+            )
 
     def _mix_update(
         self,
@@ -723,7 +755,7 @@ class Knob(Generic[N]):
         if now - self._last_move < (1.0 + LEARN_GUARD) * window and self.model.known:
             return False  # the window still holds the previous mix
         self._last_update = now
-        self._learn(power, now, window)
+        self._learn(power, now, window, cap=cap)
         self._cap = cap
         if not self.model.known:
             return False
@@ -750,19 +782,6 @@ class Knob(Generic[N]):
                 break
         if x < top:
             self.bound = True
-        bottom = self.model.p[0]
-        if x == 0.0 and bottom == bottom and bottom > cap:
-            short = bottom - cap
-            if self.unreachable_w is None or short > self.unreachable_w:
-                self.unreachable_w = short
-            if "unreachable" not in self._warned:
-                self._warned.add("unreachable")
-                warnings.warn(
-                    f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
-                    f"{bottom:.4g} W ({short:.3g} W over it); running it",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
         a = min(int(math.floor(x)), top)
         b, f = min(a + 1, top), x - a
         if 0 < x < top:
