@@ -59,15 +59,17 @@ with ``want_i = demand_i * (1 + headroom)``: every worker gets at least its floo
 a worker whose demand is under the common level gets what it asks for (plus a small
 headroom, so that a growing demand shows in the next report), and what it leaves --
 its slack -- is split among the workers still capped, by weight.  Watts nobody asks
-for stay in the pool (a new worker gets them at once).  When a worker's demand is not
-known yet, Slurm's rule is the fallback: drawing under ``lower`` (90%) of its lease it
-wants what it draws (plus headroom), over ``upper`` (95%) it wants all it can get,
-in between it keeps its lease.  ``policy="even"`` ignores demands (an even split by
-weight: the baseline of ``benchmarks/cluster.py``).  A target is granted at the
-worker's next renewal, within what the other workers' leases leave free.  A worker
-whose demand drops renews at once and acknowledges its lower lease as soon as it has
-applied it, so its slack is in the others' leases at their next renewals: within
-about one period (a few knob windows more for the knob's model to see the drop).
+for stay in the pool (a new worker gets them at once; when capped workers hold all of
+it, a new worker waits for its first lease until they have shrunk: about a period).
+When a worker's demand is not known yet, Slurm's rule is the fallback: drawing under
+``lower`` (90%) of its lease it wants what it draws (plus headroom), over ``upper``
+(95%) it wants all it can get, in between it keeps its lease.  ``policy="even"``
+ignores demands (an even split by weight: the baseline of ``benchmarks/cluster.py``).
+A target is granted at the worker's next renewal, within what the other workers'
+leases leave free.  A worker whose demand drops renews at once and acknowledges its
+lower lease as soon as it has applied it, so its slack is in the others' leases at
+their next renewals: within about one period (a few knob windows more for the knob's
+model to see the drop; measured: 1.2-1.4 periods in ``benchmarks/cluster.py``).
 
 Energy
 ------
@@ -94,6 +96,15 @@ not 30 s); each worker then holds its share from inside, choosing what to give u
 Slurm's thresholds are the fallback when no model is available.  Unlike GEOPM, the
 keeper does not equalise progress between workers (it does not know their work rates):
 ``weight`` is how a user says one worker's watts buy more than another's.
+
+Limits
+------
+Where ``sum(reserved) <= watts`` is not the whole truth: after ``budget.watts`` is
+lowered, the leases come down at each worker's next renewal (within a period); a
+worker silent for longer than ``forget`` but alive draws its floor unaccounted until
+it reaches the keeper again, and so does one that a restarted keeper did not hear
+from during its warm-up.  Leases are timed on each side's own monotonic clock (only
+durations cross machines: no clock needs to agree with another).
 
 ``PowerBudget(...)`` works the same on one machine (``ray.init()``) and on a cluster
 (``ray.init(address=...)``): the keeper is found by its name, Ray carries the calls.

@@ -368,6 +368,11 @@ class Report:
             )
         if self.note:
             lines.append(f"  n/a: {self.note}")
+        if self.running:
+            lines.append(
+                "  (a snapshot: the loop runs on, and this spans its start until now, idle "
+                "time included; close() or the end of its `with` ends it)"
+            )
         return "\n".join(lines)
 
 

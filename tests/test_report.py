@@ -275,7 +275,7 @@ def test_snapshot_while_running_then_final(fake: FakeMeter) -> None:
         time.sleep(0.05)  # several sampler rows even when the sampler thread is late (a loaded CI)
         snap = loop.report
         assert snap.running and snap.iterations["adapt"] == 10
-        assert "(running)" in str(snap)
+        assert "(running)" in str(snap) and "idle time included; close()" in str(snap)
     final = loop.report
     assert not final.running and final.duration_s >= snap.duration_s
     assert final.knob is not None and final.knob["value"] == 4
