@@ -25,7 +25,7 @@ simulated scenario: power within 2% under the cap and never over by more
 than 1%, under 5% of windows over by 5%, settling within 3 windows, work at
 least 97% of the oracle's), and saves CSV, JSON and PNG in benchmarks/results/.
 
-    python benchmarks/control.py [--seconds 40] [--no-real] [--no-plot]
+    python benchmarks/control.py [--seconds 40] [--seed 7] [--no-real] [--no-plot]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def settle(wins: list[tuple[float, float, float]], t0: float, t1: float) -> floa
     return math.inf
 
 
-def run_one(plant: Plant, sc: Scenario, policy: str, seconds: float) -> Run:
+def run_one(plant: Plant, sc: Scenario, policy: str, seconds: float, seed: int = 7) -> Run:
     lo, hi, step = plant.knob
     knob = Knob(lo, hi, step, policy=policy)
     c1 = cap_at(plant, sc, sc.cap[0])
@@ -175,7 +175,7 @@ def run_one(plant: Plant, sc: Scenario, policy: str, seconds: float) -> Run:
         noise=sc.noise,
         noise_s=0.01,
         phases=phases,
-        seed=7,
+        seed=seed,
         clock=FakeClock(),
     )
     with warnings.catch_warnings():
@@ -362,6 +362,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=40.0, help="simulated seconds per run")
     ap.add_argument("--real-seconds", type=float, default=8.0, help="real seconds per policy")
+    ap.add_argument("--seed", type=int, default=7, help="the simulated noise's seed (7)")
     ap.add_argument("--no-real", action="store_true", help="skip the real-meter scenario")
     ap.add_argument("--no-plot", action="store_true")
     a = ap.parse_args()
@@ -369,7 +370,7 @@ def main() -> int:
         ap.error("--seconds must be >= 5")
     t_start = time.perf_counter()
     runs = [
-        run_one(plant, sc, policy, a.seconds)
+        run_one(plant, sc, policy, a.seconds, a.seed)
         for plant in PLANTS
         for sc in SCENARIOS
         for policy in POLICIES
@@ -426,6 +427,7 @@ def main() -> int:
     doc = {
         "machine": machine,
         "seconds": a.seconds,
+        "seed": a.seed,
         "window_s": WINDOW_S,
         "lag_s": LAG_S,
         "runs": rows,

@@ -265,7 +265,7 @@ class PowerModel:
             # just after a phase change (seen on a window partly before it):
             # the whole table follows, until a window agrees with it
             self._follow -= 1
-            if abs(r) <= self.noise * pred:
+            if abs(r) <= 2.0 * self.noise * pred:  # agrees (within the noise): done
                 self._follow = 0
             else:
                 self._scale(y / pred)

@@ -281,7 +281,8 @@ class _Loop:
         # (_tick: these numbers are the sampler's, not the user's input)
         if knob is not None:
             knob._tick(power, self._limit, now, self._window)
-            self._full = knob._index > 0 or power <= self._limit  # NaN: the alternate
+            # the alternate: the whole mix at the bottom and still over (or NaN)
+            self._full = knob._x > 0 or power <= self._limit
         elif self._share is not None:
             self._share._tick(power, self._limit, now, self._window)
             self._full = self._share._index == 1

@@ -342,6 +342,9 @@ class Sampler:
             },
         )
         with _lock:
+            if lease.done:  # stopped by another thread meanwhile: give it back
+                lib.nrg_sampler_unwatch(core.ptr, slot)
+                raise NrgError("the sampler was stopped while a window was being watched")
             lease.slots.add(slot)
         self._slots[(w, domain)] = slot
         if domain is None:

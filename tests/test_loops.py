@@ -634,7 +634,7 @@ def test_a_longer_window_gets_a_ring_that_holds_it(fake: FakeMeter) -> None:
     assert ring_history(12.0) >= 12.0 + 2 * MIN_PULL_S
     with nrg_adapt(PowerCap(45, window=12.0, meter=fake)) as loop:
         loop.step()
-        time.sleep(0.01)
+        time.sleep(0.05)  # two rows of the new ring even on a loaded machine
         assert loop._sampler is not None and loop._sampler.history >= 12.0
     assert loop.report.avg_power_w == pytest.approx(40.0, rel=0.05)
 
