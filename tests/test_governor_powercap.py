@@ -403,3 +403,25 @@ def test_an_unresolved_path_in_an_old_journal_is_still_taken_over(tmp_path: Path
         pass
     assert limits(tree.root) == before
     assert not _j(tmp_path)
+
+
+def test_a_run_does_not_inherit_a_value_the_zone_cannot_hold(tmp_path: Path) -> None:
+    tree = server(tmp_path / "sys", packages=1)  # max_power_uw 28 W
+    before = limits(tree.root)
+    lim = tree.root / "intel-rapl:0" / "constraint_0_power_limit_uw"
+    lim.write_text("10000000\n")  # left by a dead run
+    j = tmp_path / "j"
+    j.mkdir(mode=0o700)
+
+    def dead(old: str) -> str:
+        return json.dumps(
+            {"pid": 999_999_999, "changes": [{"op": "write", "path": str(lim), "old": old}]}
+        )
+
+    (j / "1-1.json").write_text(dead("99999999999999999999"))  # the oldest: corrupt
+    (j / "1-2.json").write_text(dead("28000000"))
+    with PowercapGovernor(tree.root, journal=j).applied(15):
+        (journal,) = (p for p in _j(tmp_path) if p.name not in ("1-1.json", "1-2.json"))
+        changes = json.loads(journal.read_text())["changes"]
+        assert [c["old"] for c in changes if c["path"].endswith("_uw")] == ["28000000"]
+    assert limits(tree.root) == before  # the good original, not the masked one

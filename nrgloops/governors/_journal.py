@@ -270,17 +270,19 @@ class Journal:
                 out.append((other, doc))
         return out
 
-    def inherited(self, path: str) -> str | None:
+    def inherited(self, path: str, accept: Callable[[str], bool] | None = None) -> str | None:
         """The value the oldest other journal here says ``path`` held before it
         was written (a run that died holding it, or that failed to put it
         back), or None.  A run that owns ``path`` now records that value as
-        its "old": the original comes back whatever the order of the runs."""
+        its "old": the original comes back whatever the order of the runs.
+        ``accept``: which values the file can have held; a journal giving
+        another (corrupt, or planted) is passed over."""
         real = real_path(path)
         if real is None:
             return None
         for _, doc in self._others_listing(real):
             for entry in doc["changes"]:
-                if _writes(entry, real):
+                if _writes(entry, real) and (accept is None or accept(entry["old"])):
                     return str(entry["old"])
         return None
 

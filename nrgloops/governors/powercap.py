@@ -34,7 +34,7 @@ from nrgloops.governors._base import (
     check_power,
 )
 from nrgloops.governors._journal import Journal, undo_held
-from nrgloops.governors._limits import MIN_ZONE_UW, max_power_uw
+from nrgloops.governors._limits import MIN_ZONE_UW, max_power_uw, restorable_problem
 from nrgloops.governors._signals import signals_deferred, signals_raise
 
 __all__ = ["PowercapGovernor", "Zone"]
@@ -199,8 +199,13 @@ class PowercapGovernor(Governor):
         except FileNotFoundError:
             return  # a zone without "enabled": nothing to switch
         # A run that died holding this file left its value here, and its
-        # journal says what was there before: that is the value to put back.
-        old = journal.inherited(str(path)) or now
+        # journal says what was there before: that is the value to put back,
+        # if the file can have held it (never one the kernel would mask).
+        real = os.path.realpath(path)
+        old = (
+            journal.inherited(str(path), accept=lambda v: restorable_problem(real, v) is None)
+            or now
+        )
         if now == value and old == value:
             return
         # Journal, write and note it with signals held: a signal cannot fall
