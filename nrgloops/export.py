@@ -125,7 +125,9 @@ def _loop_metrics(started: float) -> Iterator[Any]:
         "nrgloops_loop_budget_joules", "A running loop's energy budget, J", labels=labels
     )
     knob = GaugeMetricFamily(
-        "nrgloops_loop_knob_level", "The level of a running loop's knob", labels=labels
+        "nrgloops_loop_knob_level",
+        "The real-valued level a running loop's knob averages to (its mix of grid levels)",
+        labels=labels,
     )
     power = GaugeMetricFamily(
         "nrgloops_loop_power_watts",
@@ -134,7 +136,8 @@ def _loop_metrics(started: float) -> Iterator[Any]:
     )
     iterations = CounterMetricFamily(
         "nrgloops_loop_iterations",
-        "Iterations of a running loop per variant (adapt / alternate; ran / skipped)",
+        "Iterations of a running loop per variant (adapt / alternate, or adapt / "
+        "over_cap_at_bottom with a knob and no alternate; ran / skipped)",
         labels=[*labels, "variant"],
     )
     over = CounterMetricFamily(
@@ -164,7 +167,7 @@ def _loop_metrics(started: float) -> Iterator[Any]:
         elif isinstance(c, EnergyBudget):
             budget.add_metric(values, c.joules)
         if loop.knob is not None:
-            knob.add_metric(values, float(loop.knob.value))
+            knob.add_metric(values, float(loop.knob.level))
         power.add_metric(values, loop.power)
         for variant, n in loop._iterations().items():
             if variant == "left":
