@@ -777,7 +777,9 @@ class TruncatedLoop(_ItemsLoop[T]):
                         (e - e_last) / (ran - ran_last) if ran > ran_last else 0.0,
                     )
                     ahead = 1
-                    if per_item > 0:
+                    if per_item > 0 and stop_at == math.inf:
+                        ahead = MAX_STRIDE  # free energy (0 g/kWh): check again at ticks
+                    elif per_item > 0:
                         ahead = max(1, int((stop_at - e) / (TRUNCATE_SAFETY * per_item)))
                     check = min(ran + ahead, self._next_tick)
                     e_last, ran_last = e, ran

@@ -150,3 +150,20 @@ def test_bad_input_is_named() -> None:
         list(truncate(range(3), bad))
     with pytest.raises(AttributeError, match="cannot be changed"):
         bad.meter = fake  # type: ignore[misc]
+
+
+def test_a_zero_intensity_runs_at_no_carbon_cost() -> None:
+    # 0 g/kWh: the grams left buy unlimited energy, the loop runs to its end
+    budget = CarbonBudget(0.8, intensity=0.0, meter=FakeMeter(3600.0))
+    loop = truncate(range(3000), budget)
+    assert sum(1 for _ in loop) == 3000
+    assert loop.report.carbon_g == 0.0
+
+
+def test_an_intensity_series_reaching_zero_runs_at_no_cost_then_charges_again() -> None:
+    now = time.time()
+    series = [(now - 10.0, 0.0), (now + 0.2, G_PER_KWH)]  # free now, 1 g/s from 0.2 s on
+    budget = CarbonBudget(0.2, intensity=series, meter=FakeMeter(WATTS))
+    r = run(budget)
+    assert r.carbon_g is not None and 0.2 <= r.carbon_g < 0.2 * 1.2
+    assert r.duration_s >= 0.2 + 0.2 * 0.9  # the free stretch, then ~0.2 s charged

@@ -202,7 +202,10 @@ def test_powercap_restore_failure_does_not_stop_the_others(
     now = limits(tree.root)
     assert now["intel-rapl:0/constraint_0_power_limit_uw"] == "28000000"
     (journal,) = (tmp_path / "j").glob("*.json")
-    assert [c["path"] for c in json.loads(journal.read_text())["changes"]] == [bad]
+    # stored as its real path (the zone's directory under devices/)
+    assert [c["path"] for c in json.loads(journal.read_text())["changes"]] == [
+        os.path.realpath(bad)
+    ]
     monkeypatch.setattr(_files, "write_text", real)
     doc = json.loads(journal.read_text())
     doc["pid"] = 999_999_999  # the run is gone
@@ -366,3 +369,59 @@ def test_run_returns_a_trace_of_power_and_limit(tmp_path: Path) -> None:
     assert plain.result == 7 and len(plain.settings) == 1 and math.isnan(plain.power_w[0])
     with pytest.raises(TypeError, match="power must be a callable"):
         gov.run(30, lambda: 7, 5.0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# one zone, two spellings: /sys/class/powercap links into /sys/devices
+
+
+def test_a_run_under_another_spelling_of_the_zone_puts_the_original_back(
+    tmp_path: Path,
+) -> None:
+    tree = server(tmp_path / "sys", packages=1)
+    before = limits(tree.root)
+    p = hold_powercap(tree.root, tmp_path / "j", 10)  # under class/powercap, then SIGKILL
+    p.kill()
+    p.wait(timeout=10)
+    devices_root = tree.devices / "intel-rapl"  # the same zones, by their real paths
+    with PowercapGovernor(devices_root, journal=tmp_path / "j").applied(15):
+        (journal,) = _j(tmp_path)  # the dead run's entry taken over
+        assert {c["old"] for c in json.loads(journal.read_text())["changes"]} == {"28000000"}
+    assert limits(tree.root) == before  # not the dead run's 10 W
+    assert not _j(tmp_path)
+
+
+def test_an_unresolved_path_in_an_old_journal_is_still_taken_over(tmp_path: Path) -> None:
+    tree = server(tmp_path / "sys", packages=1)
+    before = limits(tree.root)
+    lim = tree.root / "intel-rapl:0" / "constraint_0_power_limit_uw"
+    lim.write_text("10000000\n")  # a dead run's cap, its journal written unresolved
+    (tmp_path / "j").mkdir(mode=0o700)
+    old = {"pid": 999_999_999, "changes": [{"op": "write", "path": str(lim), "old": "28000000"}]}
+    (tmp_path / "j" / "1-1.json").write_text(json.dumps(old))
+    with PowercapGovernor(tree.devices / "intel-rapl", journal=tmp_path / "j").applied(15):
+        pass
+    assert limits(tree.root) == before
+    assert not _j(tmp_path)
+
+
+def test_a_run_does_not_inherit_a_value_the_zone_cannot_hold(tmp_path: Path) -> None:
+    tree = server(tmp_path / "sys", packages=1)  # max_power_uw 28 W
+    before = limits(tree.root)
+    lim = tree.root / "intel-rapl:0" / "constraint_0_power_limit_uw"
+    lim.write_text("10000000\n")  # left by a dead run
+    j = tmp_path / "j"
+    j.mkdir(mode=0o700)
+
+    def dead(old: str) -> str:
+        return json.dumps(
+            {"pid": 999_999_999, "changes": [{"op": "write", "path": str(lim), "old": old}]}
+        )
+
+    (j / "1-1.json").write_text(dead("99999999999999999999"))  # the oldest: corrupt
+    (j / "1-2.json").write_text(dead("28000000"))
+    with PowercapGovernor(tree.root, journal=j).applied(15):
+        (journal,) = (p for p in _j(tmp_path) if p.name not in ("1-1.json", "1-2.json"))
+        changes = json.loads(journal.read_text())["changes"]
+        assert [c["old"] for c in changes if c["path"].endswith("_uw")] == ["28000000"]
+    assert limits(tree.root) == before  # the good original, not the masked one

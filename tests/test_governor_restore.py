@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,135 @@ def test_a_planted_tmp_fallback_dir_is_refused(monkeypatch: pytest.MonkeyPatch) 
     finally:
         monkeypatch.undo()
         planted.rmdir()
+
+
+# ---------------------------------------------------------------------------
+# values: only what the file can have held is written back
+
+
+def test_restore_refuses_an_old_value_outside_the_zones_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = server(tmp_path / "sys", packages=1)  # max_power_uw 28 W
+    zone = tree.root / "intel-rapl:0"
+    lim = zone / "constraint_0_power_limit_uw"
+    lim.write_text("10000000\n")  # what a dead run left
+    group = tree.base / "cg" / f"nrgloops-{DEAD_PID}-1"
+    group.mkdir(parents=True)
+    (group / "cpu.max").write_text("50000 100000\n")
+    j = tmp_path / "j"
+    # The oldest journal is put back last, so its value would win: corrupt here.
+    bad = {
+        "pid": DEAD_PID,
+        "changes": [
+            {"op": "write", "path": str(lim), "old": "99999999999999999999"},
+            {"op": "write", "path": str(lim), "old": "28000001"},  # 1 µW above the max
+            {"op": "write", "path": str(zone / "enabled"), "old": "2"},
+            {"op": "write", "path": str(group / "cpu.max"), "old": "1"},  # never restored
+        ],
+    }
+    _plant(j, "1-1.json", json.dumps(bad))
+    _plant(j, "1-2.json", json.dumps(_dead_write(lim, "28000000")))  # the max itself: fine
+    result = restore(j, trees=[tree.base])
+    assert lim.read_text() == "28000000\n"
+    assert (zone / "enabled").read_text() == "1\n"
+    assert (group / "cpu.max").read_text() == "50000 100000\n"
+    assert result.undone == [f"restored {lim} to '28000000'"]
+    assert len(result.bad) == 4 and all("1-1.json: entry" in line for line in result.bad)
+    # entries are undone latest first
+    assert "99999999999999999999 µW" in result.bad[3] and "max_power_uw (28000000" in result.bad[3]
+    assert "old must be 0 or 1" in result.bad[1] and "28000001 µW" in result.bad[2]
+    assert "not a powercap limit or enabled file" in result.bad[0]
+    assert len(json.loads((j / "1-1.json").read_text())["changes"]) == 4  # kept, to be seen
+    argv = ["governor", "restore", "--dir", str(j), "--tree", str(tree.base)]
+    assert main(argv) == 1
+    assert "above the zone's max_power_uw" in capsys.readouterr().err
+
+
+def test_restore_range_without_max_power_is_the_pl1_field(tmp_path: Path) -> None:
+    tree = server(tmp_path / "sys", packages=1)
+    zone = tree.root / "intel-rapl:0"
+    lim = zone / "constraint_0_power_limit_uw"
+    (zone / "constraint_0_max_power_uw").unlink()
+    field_max = (2**15 - 1) * 125_000  # 15 bits of 1/8 W
+    _plant(tmp_path / "j", "1-1.json", json.dumps(_dead_write(lim, str(field_max + 1))))
+    _plant(tmp_path / "j", "1-2.json", json.dumps(_dead_write(lim, str(field_max))))
+    result = restore(tmp_path / "j", trees=[tree.base])
+    assert len(result.undone) == 1 and len(result.bad) == 1
+    assert lim.read_text() == f"{field_max}\n"
+
+
+# ---------------------------------------------------------------------------
+# a journal whose run cannot be told from a later process with its pid
+
+
+def test_a_journal_without_a_start_time_and_a_live_pid_is_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = server(tmp_path / "sys", packages=1)
+    lim = tree.root / "intel-rapl:0" / "constraint_0_power_limit_uw"
+    lim.write_text("10000000\n")
+    j = tmp_path / "j"
+    pid = os.getppid()  # alive: as a pid reused after the run died would be
+    written = {"pid": pid, "changes": _dead_write(lim, "28000000")["changes"]}  # no "started"
+    _plant(j, "1-1.json", json.dumps(written))
+    result = restore(j, trees=[tree.base])
+    assert not result.undone and not result.skipped and len(result.errors) == 1
+    assert f"process {pid} exists" in result.errors[0] and "--force" in result.errors[0]
+    assert lim.read_text() == "10000000\n" and (j / "1-1.json").exists()
+    argv = ["governor", "restore", "--dir", str(j), "--tree", str(tree.base)]
+    assert main(argv) == 1
+    assert "no start time" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0  # after checking the pid
+    assert lim.read_text() == "28000000\n" and not (j / "1-1.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# every rewrite of a journal is durable
+
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record what each os.fsync is given: "file" or "dir"."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_every_journal_rewrite_syncs_the_file_and_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = server(tmp_path / "sys", packages=1)
+    lim = tree.root / "intel-rapl:0" / "constraint_0_power_limit_uw"
+    dram = tree.root / "intel-rapl:0:0" / "constraint_0_power_limit_uw"
+    j = tmp_path / "j"
+    seen = _fsyncs(monkeypatch)
+    # a run's own journal
+    journal = Journal(j)
+    journal.add({"op": "write", "path": str(lim), "old": "28000000"})
+    assert seen == ["file", "dir"]
+    journal.path.unlink()
+    # a dead run's journal, rewritten by a run taking over one of its entries
+    dead = {
+        "pid": DEAD_PID,
+        "changes": [
+            {"op": "write", "path": str(dram), "old": "0"},
+            {"op": "write", "path": str(lim), "old": "28000000"},
+        ],
+    }
+    planted = _plant(j, "1-1.json", json.dumps(dead))
+    seen.clear()
+    Journal(j).retire_others(str(lim))
+    assert seen == ["file", "dir"]
+    assert len(json.loads(planted.read_text())["changes"]) == 1
+    # a journal `restore` keeps, with what it could not undo
+    dram.unlink()
+    seen.clear()
+    result = restore(j, trees=[tree.base])
+    assert result.errors and planted.exists()
+    assert seen == ["file", "dir"]

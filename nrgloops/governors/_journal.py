@@ -28,8 +28,10 @@ __all__ = [
     "journal_dir",
     "journal_files",
     "read_journal",
+    "real_path",
     "trusted_dir",
     "undo_held",
+    "write_journal",
 ]
 
 MAX_JOURNAL_BYTES = 1 << 20  # a run's journal lists a few changes: anything larger is not one
@@ -135,13 +137,48 @@ def read_journal(path: Path) -> Any:
         raise ValueError(f"not UTF-8 text ({exc.reason})") from None
 
 
-def _writes(entry: Any, path: str) -> bool:
-    """Whether a journal entry records a write to ``path`` with its old value."""
+def write_journal(path: Path, doc: dict[str, Any]) -> None:
+    """Replace the journal file ``path`` by ``doc``, atomically and durably: a
+    temporary file beside it (this user's only, never through a symlink),
+    fsync'd, renamed over it, and the directory fsync'd so that the rename
+    survives a power cut too.  A reader sees the old or the new list, never
+    half of one.  Raises OSError."""
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a write that failed half way
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def real_path(path: str) -> str | None:
+    """``path`` with every symlink resolved (one zone has several spellings:
+    /sys/class/powercap/intel-rapl:0 is a link into /sys/devices), or None if
+    it is not a path at all."""
+    try:
+        return os.path.realpath(path)
+    except (ValueError, OSError):  # a NUL byte; a name too long
+        return None
+
+
+def _writes(entry: Any, real: str) -> bool:
+    """Whether a journal entry records a write, with its old value, to the file
+    whose real path is ``real`` (journals written before paths were stored
+    resolved are resolved here)."""
     return (
         isinstance(entry, dict)
         and entry.get("op") == "write"
-        and entry.get("path") == path
+        and isinstance(entry.get("path"), str)
         and isinstance(entry.get("old"), str)
+        and real_path(entry["path"]) == real
     )
 
 
@@ -180,6 +217,10 @@ class Journal:
 
     def add(self, entry: dict[str, Any]) -> int:
         """Record a change about to be made; returns its id for ``drop``."""
+        if isinstance(entry.get("path"), str):
+            # Stored resolved: a later run spelling the same file another way
+            # still finds this entry (``inherited``), and ``restore`` writes it.
+            entry = {**entry, "path": real_path(entry["path"]) or entry["path"]}
         with self._lock:
             key = self._next
             self._next += 1
@@ -213,6 +254,9 @@ class Journal:
                 return []
         except JournalUntrusted:
             return []
+        real = real_path(path)
+        if real is None:
+            return []
         out = []
         for other in reversed(journal_files(self.directory)):  # oldest first
             if other == self.path:
@@ -222,18 +266,23 @@ class Journal:
             except (OSError, ValueError, NrgError):
                 continue  # `restore` reports it
             changes = doc.get("changes") if isinstance(doc, dict) else None
-            if isinstance(changes, list) and any(_writes(e, path) for e in changes):
+            if isinstance(changes, list) and any(_writes(e, real) for e in changes):
                 out.append((other, doc))
         return out
 
-    def inherited(self, path: str) -> str | None:
+    def inherited(self, path: str, accept: Callable[[str], bool] | None = None) -> str | None:
         """The value the oldest other journal here says ``path`` held before it
         was written (a run that died holding it, or that failed to put it
         back), or None.  A run that owns ``path`` now records that value as
-        its "old": the original comes back whatever the order of the runs."""
-        for _, doc in self._others_listing(path):
+        its "old": the original comes back whatever the order of the runs.
+        ``accept``: which values the file can have held; a journal giving
+        another (corrupt, or planted) is passed over."""
+        real = real_path(path)
+        if real is None:
+            return None
+        for _, doc in self._others_listing(real):
             for entry in doc["changes"]:
-                if _writes(entry, path):
+                if _writes(entry, real) and (accept is None or accept(entry["old"])):
                     return str(entry["old"])
         return None
 
@@ -242,23 +291,20 @@ class Journal:
         entries for it from the journals of runs that are gone, so that none
         is left listing a change this run now owns.  Best effort: an entry
         left behind only writes the same original again."""
-        for other, doc in self._others_listing(path):
+        real = real_path(path)
+        if real is None:
+            return
+        for other, doc in self._others_listing(real):
             pid = doc.get("pid")
             started = doc.get("started")
             if not isinstance(pid, int) or alive(
                 pid, started if isinstance(started, str) else None
             ):
                 continue  # a live run's own journal: its file, not ours to edit
-            rest = [e for e in doc["changes"] if not _writes(e, path)]
+            rest = [e for e in doc["changes"] if not _writes(e, real)]
             with contextlib.suppress(OSError):
                 if rest:
-                    doc["changes"] = rest
-                    tmp = other.with_suffix(".tmp")
-                    tmp.unlink(missing_ok=True)
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(fd, "w", encoding="utf-8") as f:
-                        json.dump(doc, f, indent=1)
-                    os.replace(tmp, other)
+                    write_journal(other, {**doc, "changes": rest})
                 else:
                     other.unlink()
 
@@ -276,15 +322,7 @@ class Journal:
                 "written": time.time(),
                 "changes": list(self._entries.values()),
             }
-            tmp = self.path.with_suffix(".tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()  # left by a flush that failed half way
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)  # atomic: a reader sees the old or the new list
+            write_journal(self.path, doc)
         except JournalUntrusted as exc:
             raise NrgError(f"cannot write the governor journal {self.path}: {exc}") from exc
         except OSError as exc:

@@ -5,14 +5,13 @@ journal is a file that says "write this there" and "kill what is in that
 cgroup": the directory must be this user's own (``trusted_dir``), each file a
 regular file of this user's, each entry of the right shape, naming a file of
 the kind a governor writes, under the powercap or cgroup trees the governors
-write.  A bad file or entry is skipped with a message naming it; everything
-else is still restored.
+write, each value one the file can have held (``_limits``).  A bad file or
+entry is skipped with a message naming it; everything else is still restored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -31,22 +30,24 @@ from nrgloops.governors._journal import (
     journal_files,
     read_journal,
     trusted_dir,
+    write_journal,
 )
+from nrgloops.governors._limits import LIMIT_FILE, restorable_problem
 from nrgloops.governors._signals import signals_deferred
 
 __all__ = ["POWERCAP_TREES", "RestoreResult", "governed_trees", "restore"]
 
 # Where the powercap class lives and where its zone links point.
 POWERCAP_TREES = ("/sys/class/powercap", "/sys/devices/virtual/powercap")
-_LIMIT_FILE = re.compile(r"^(constraint_\d+_power_limit_uw|enabled)$")
-_OLD_VALUE = re.compile(r"^\d{1,20}$")  # what a powercap limit or enabled flag holds
 
 
 @dataclass
 class RestoreResult:
     """What ``restore`` did, one line each: changes undone; runs left alone
-    (still alive); errors (a change that could not be undone); and ``bad``:
-    journals or entries skipped because they are not what a governor writes."""
+    (still alive); errors (a change that could not be undone, or a journal
+    left because its run cannot be told from a later process with its pid);
+    and ``bad``: journals or entries skipped because they are not what a
+    governor writes (a value the file cannot have held among them)."""
 
     undone: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -81,19 +82,20 @@ def _entry_problem(entry: Any, pid: int, trees: Sequence[Path]) -> str | None:
     if not isinstance(path, str) or not path or "\0" in path:
         return f"path is not a path: {path!r}"
     name = os.path.basename(path)
-    if op == "write":
-        old = entry.get("old")
-        if not isinstance(old, str) or not _OLD_VALUE.match(old):
-            return f"old must be the decimal value the file held, got {old!r}"
-        if not _LIMIT_FILE.match(name):
-            return f"{path} is not a powercap limit or enabled file"
-    elif op == "subtree" and name != "cgroup.subtree_control":
+    # Only powercap files are ever written back: the cgroup governor's quota
+    # files (cpu.max, cpu.cfs_quota_us) live in the run's own cgroup, which is
+    # removed, never rewritten, so a journal naming one is not a governor's.
+    if op == "write" and not LIMIT_FILE.match(name):
+        return f"{path} is not a powercap limit or enabled file"
+    if op == "subtree" and name != "cgroup.subtree_control":
         return f"{path} is not a cgroup.subtree_control file"
-    elif op == "cgroup" and not re.fullmatch(rf"nrgloops-{pid}-\d+", name):
+    if op == "cgroup" and not re.fullmatch(rf"nrgloops-{pid}-\d+", name):
         return f"{path} is not a cgroup run {pid} would create (nrgloops-{pid}-N)"
     if not _under(path, trees):
         shown = ", ".join(str(t) for t in trees)
         return f"{path} is outside the trees the governors write ({shown})"
+    if op == "write":  # under a governed tree: its zone's max may be read
+        return restorable_problem(os.path.realpath(path), entry.get("old"))
     return None
 
 
@@ -173,12 +175,24 @@ def restore(
         if problem is not None:
             out.bad.append(f"{path}: skipped, {problem}")
             continue
-        pid = int(doc["pid"])
-        if pid != os.getpid() and alive(pid, doc.get("started")) and not force:
-            out.skipped.append(
-                f"{path}: run {pid} is still alive and restores its own changes "
-                "(--force to undo them anyway)"
-            )
+        pid, started = int(doc["pid"]), doc.get("started")
+        if pid != os.getpid() and alive(pid, started) and not force:
+            if started is None:
+                # Without a start time a live pid proves nothing: it may be a
+                # later process given the pid of a run that died.  Left, but
+                # counted: this journal is not undone on any run without --force.
+                out.errors.append(
+                    f"{path}: left alone: process {pid} exists, but the journal has no start "
+                    f"time to tell whether it is the run that wrote it or a later process "
+                    f"given its pid; if `ps -o pid,args -p {pid}` shows no governed nrgloops "
+                    "run, undo it with `nrgloops governor restore --force` (which also "
+                    "undoes the journals of runs still alive)"
+                )
+            else:
+                out.skipped.append(
+                    f"{path}: run {pid} is still alive and restores its own changes "
+                    "(--force to undo them anyway)"
+                )
             continue
         # Signals held per journal: a Ctrl-C cannot leave one half undone
         # with its file still listing what was undone.
@@ -204,13 +218,7 @@ def _rewrite(path: Path, doc: dict[str, Any], left: list[Any], out: RestoreResul
     """Keep in the journal what is left, or remove it."""
     try:
         if left:
-            doc["changes"] = left
-            tmp = path.with_suffix(".tmp")
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1)
-            os.replace(tmp, path)
+            write_journal(path, {**doc, "changes": left})
         else:
             path.unlink()
     except OSError as exc:

@@ -34,6 +34,7 @@ from nrgloops.governors._base import (
     check_power,
 )
 from nrgloops.governors._journal import Journal, undo_held
+from nrgloops.governors._limits import MIN_ZONE_UW, max_power_uw, restorable_problem
 from nrgloops.governors._signals import signals_deferred, signals_raise
 
 __all__ = ["PowercapGovernor", "Zone"]
@@ -41,14 +42,6 @@ __all__ = ["PowercapGovernor", "Zone"]
 T = TypeVar("T")
 
 _PKG_ZONE = re.compile(r"^intel-rapl:(\d+)$")
-# The PL1 field of MSR_PKG_POWER_LIMIT: 15 bits of power units (1/8 W on
-# every Intel CPU so far): the most any package limit can say, where the zone
-# gives no max_power_uw.  A larger value is masked into the field by the
-# kernel, which can turn a huge cap into a tiny one.
-FIELD_MAX_UW = (2**15 - 1) * 125_000
-# Below 1 W a package limit is 0-7 power units: the firmware cannot hold it,
-# and a cap rounded to 0 µW would be written as "no power at all".
-MIN_ZONE_UW = 1_000_000
 
 
 @dataclass
@@ -116,12 +109,7 @@ class PowercapGovernor(Governor):
             limit = self._long_term(d)
             if limit is None:
                 continue
-            try:
-                text = _files.read_text(Path(str(limit).replace("power_limit", "max_power")))
-                max_uw = int(text) if text.isdigit() and 0 < len(text) < 20 else 0
-            except OSError:
-                max_uw = 0
-            found.append(Zone(d, name, limit, min(max_uw, FIELD_MAX_UW) or FIELD_MAX_UW))
+            found.append(Zone(d, name, limit, max_power_uw(limit)))
         if not found:
             raise GovernorUnavailable(
                 f"powercap governor: no RAPL package zone (intel-rapl:N named package-N "
@@ -211,8 +199,13 @@ class PowercapGovernor(Governor):
         except FileNotFoundError:
             return  # a zone without "enabled": nothing to switch
         # A run that died holding this file left its value here, and its
-        # journal says what was there before: that is the value to put back.
-        old = journal.inherited(str(path)) or now
+        # journal says what was there before: that is the value to put back,
+        # if the file can have held it (never one the kernel would mask).
+        real = os.path.realpath(path)
+        old = (
+            journal.inherited(str(path), accept=lambda v: restorable_problem(real, v) is None)
+            or now
+        )
         if now == value and old == value:
             return
         # Journal, write and note it with signals held: a signal cannot fall
