@@ -1,12 +1,14 @@
-"""A knob the library moves: the paper's thread ramp, and controllers that
-settle instead of chattering.
+"""A knob the library moves: the default mixed levels beside the paper's
+thread ramp and the other grid policies.
 
 A FakeMeter stands in for the hardware so that the power follows the knob
 exactly: 10 W + 5 W per worker thread.  Under a 48 W cap no level fits the
-5% band (7 threads = 45 W is under it, 8 = 50 W over the cap).  The paper's
-bare ramp (band=0, dwell=0) swings up and down at every iteration; "step",
-"aimd" and "pi" with the default band and dwell settle on 7 and only probe
-8 now and then, less and less often.
+5% band (7 threads = 45 W is under it, 8 = 50 W over the cap).  The default
+policy, "mix" (``Knob(1, 16, 1)``), alternates 7 and 8 threads in the
+proportion that averages to just under 48 W, so it uses the cap that a grid
+level leaves unused.  The paper's bare ramp (band=0, dwell=0) swings up and
+down at every iteration; "step", "aimd" and "pi" with the default band and
+dwell settle on 7 (45 W) and only probe 8 now and then, less and less often.
 
     python examples/knob_ramp.py [seconds per policy]
 """
@@ -20,9 +22,11 @@ import nrgloops
 from nrgloops.testing import FakeMeter
 
 
-def run(policy: str, seconds: float, bare: bool = False) -> nrgloops.Report:
+def run(policy: str | None, seconds: float, bare: bool = False) -> nrgloops.Report:
     fake = FakeMeter(watts=10.0)
-    if bare:  # the paper's ramp: no band, no dwell, no memory of the ceiling
+    if policy is None:  # the library's default: mixed levels
+        threads = nrgloops.Knob(1, 16, 1)
+    elif bare:  # the paper's ramp: no band, no dwell, no memory of the ceiling
         threads = nrgloops.Knob(1, 16, 1, policy=policy, band=0.0, dwell=0.0, backoff=False)
     else:
         threads = nrgloops.Knob(1, 16, 1, policy=policy)
@@ -43,6 +47,7 @@ def run(policy: str, seconds: float, bare: bool = False) -> nrgloops.Report:
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 1.5
     runs = [
+        ("mix (default)", run(None, seconds)),
         ("bare ramp (paper)", run("step", seconds, bare=True)),
         ("step", run("step", seconds)),
         ("aimd", run("aimd", seconds)),
@@ -61,7 +66,7 @@ def main() -> None:
             f"{k['value']:5d}"
         )
     print()
-    print(runs[-1][1])
+    print(runs[0][1])
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """Substring search under a soft power cap: the NRG-Loops paper's example.
 
 Each iteration looks up one string in a text with ``threads.value`` threads;
-the library moves the thread count to hold the cap (the paper's ramp: one
-step down while over the cap, one step up while under).  Three changed lines
-against the plain loop are marked ``# NRG``.
+the library moves the thread count to hold the cap.  The knob is the
+library's default, which alternates the two thread counts around the cap so
+that the average power sits just under it (``policy="step"`` would be the
+paper's ramp: one step down while over the cap, one step up while under).
+Three changed lines against the plain loop are marked ``# NRG``.
 
     pip install "nrgloops[bench]"   # the corpus and the GIL-free search kernel
     python examples/substring_search.py [CAP_W]
 
-Without CAP_W the cap is put halfway between the idle power and the power of
-all cores busy (estimated ones on a machine with no energy counter: the
-report says which).
+Without CAP_W the cap is put halfway between the power of the knob's bottom
+level (the fewest threads it runs, measured first) and the power of all
+cores busy: a cap the loop can hold.  A cap under the bottom level cannot be
+held by any thread count (the loop runs at the bottom and its report says by
+how much it missed).  Powers are estimated on a machine with no energy
+counter: the report says which.
 """
 
 from __future__ import annotations
@@ -27,23 +32,28 @@ def main() -> None:
     corpus = make_corpus(8 << 20, seed=1)  # 8 MiB of text
     strings = make_patterns(corpus, 3000, seed=1)
     cores = len(os.sched_getaffinity(0))
+    step = 2 if cores >= 4 else 1  # the paper's -2/+2 threads, 1 on small machines
+    lo, hi = step, cores - cores % step
     meter = nrgloops.open_meter("auto")
     if len(sys.argv) > 1:
         cap_w = float(sys.argv[1])
-    else:  # halfway between idle and all cores busy, as the meter sees them
+    else:  # halfway between the knob's bottom and top levels, as the meter sees them
         with nrgloops.Sampler(meter) as sampler, Searcher(corpus, cores) as probe:
-            time.sleep(0.5)
-            idle = sampler.power(0.5)
-            t = time.monotonic()
-            while time.monotonic() - t < 1.0:
-                probe.count(strings[0], cores)
-            busy = sampler.power(0.5)
-        cap_w = round((idle + busy) / 2, 1)
-        print(f"idle {idle:.1f} W, all {cores} cores busy {busy:.1f} W ({meter.label})")
+            levels = []
+            for n in (lo, hi):
+                t = time.monotonic()
+                while time.monotonic() - t < 1.0:
+                    probe.count(strings[0], n)
+                levels.append(sampler.power(0.5))
+        bottom, top = levels
+        cap_w = round((bottom + top) / 2, 1)
+        print(
+            f"{lo} thread(s) {bottom:.1f} W, {hi} threads {top:.1f} W ({meter.label}): "
+            f"cap {cap_w:g} W"
+        )
 
     cap = nrgloops.PowerCap(cap_w, meter=meter)
-    step = 2 if cores >= 4 else 1  # the paper's -2/+2 threads, 1 on small machines
-    threads = nrgloops.Knob(step, cores - cores % step, step, policy="step")  # NRG
+    threads = nrgloops.Knob(lo, hi, step)  # NRG: the default policy, mixed levels
     found = 0
     search = Searcher(corpus, max_threads=cores)
     with search, nrgloops.nrg_adapt(cap, knob=threads) as loop:  # NRG

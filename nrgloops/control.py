@@ -434,7 +434,8 @@ class Knob(Generic[N]):
         self._t_learned = -math.inf  # the end of the last window learned from
         self._switches: deque[tuple[float, int]] = deque()  # (from time, index in force)
         self._cap = math.nan  # the cap at the last plan
-        self.unreachable_w: float | None = None  # largest shortfall seen, W
+        self.unreachable_w: float | None = None  # largest shortfall seen at this cap, W
+        self._unreachable_cap = math.nan  # the cap unreachable_w is about
         self.bound = False  # the cap made the knob leave the top at least once
         self.stale = 0  # ticks with no power reading
         self._warned: set[str] = set()
@@ -452,6 +453,23 @@ class Knob(Generic[N]):
         self._t_learned = -math.inf
         self._cap = math.nan
         self._err = 0.0
+        self._unreachable_cap = math.nan  # a new loop: its own report
+
+    def _follow_cap(self, cap: float) -> None:
+        """What was out of reach is about one cap: a new cap starts afresh."""
+        if cap != self._unreachable_cap:
+            self._unreachable_cap = cap
+            self.unreachable_w = None
+
+    def _wholly_at_bottom(self, now: float, window: float) -> bool:
+        """True if the window ending now, and one before it, were
+        spent at the bottom only: a window holding a probe up (or the lag of
+        a move down) overstates what the bottom draws."""
+        start = now - window
+        if start < self._t_first or window <= 0:
+            return False
+        w = self._weights(start - window, now)  # (a window before it: the lag settled)
+        return w.get(0, 0.0) > 1.0 - 1e-9
 
     def _bottom(self) -> str:
         return self._bottom_text or f"the bottom level {self._level(0)}"
@@ -568,6 +586,7 @@ class Knob(Generic[N]):
             # the first power seen was drawn at the level in force
             self._t_first = self._t_tick = now - window
             self._switches.append((self._t_first, self._index))
+        self._follow_cap(cap)
         if self.policy != "mix":
             return self._update(power, cap, now, dwell)
         moves = self.moves
@@ -588,6 +607,7 @@ class Knob(Generic[N]):
             self._t_tick = now
             self._switches.append((now, self._index))
         self._window = window
+        self._follow_cap(cap)
         if power != power:
             self._on_stale(now)
             return
@@ -703,7 +723,7 @@ class Knob(Generic[N]):
         trust = min(1.0, span / window)  # a partial window averages fewer samples
         shares = {i: s / total for i, s in w.items()}
         phase = self.model.observe(shares, power, trust)
-        if shares.get(0, 0.0) > 0.95 and self._x == 0.0 and trust == 1.0:
+        if self._x == 0.0 and trust == 1.0 and self._wholly_at_bottom(now, window):
             self._at_bottom(power, cap)
         return phase
 
@@ -711,19 +731,8 @@ class Knob(Generic[N]):
         """A whole window at the bottom: over the cap, the cap is not
         reachable (measured, and by the model's smoothed figure)."""
         bottom = self.model.p[0]
-        if not (power > cap and bottom > cap):
-            return
-        short = min(power, bottom) - cap
-        if self.unreachable_w is None or short > self.unreachable_w:
-            self.unreachable_w = short
-        if "unreachable" not in self._warned:
-            self._warned.add("unreachable")
-            warnings.warn(
-                f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
-                f"{min(power, bottom):.4g} W ({short:.3g} W over it); running it",
-                RuntimeWarning,
-                stacklevel=6,
-            )
+        if power > cap and bottom > cap:
+            self._note_unreachable(min(power, bottom), cap)
 
     def _mix_update(
         self,
@@ -876,7 +885,7 @@ class Knob(Generic[N]):
         if self.policy == "pi":
             # anti-windup: the integral may not run away from what the knob can do
             self._integral = max(target - 0.49, min(target + 0.49, self._integral))
-        if over and i == 0:
+        if over and i == 0 and self._wholly_at_bottom(now, self._window):
             self._note_unreachable(power, cap)
         if target == i:
             return False
@@ -885,9 +894,19 @@ class Knob(Generic[N]):
         return True
 
     def _note_unreachable(self, power: float, cap: float) -> None:
+        """The bottom draws ``power`` W over ``cap`` (on a window wholly at
+        the bottom): record the largest shortfall at this cap, warn once."""
         short = power - cap
         if self.unreachable_w is None or short > self.unreachable_w:
             self.unreachable_w = short
+        if "unreachable" not in self._warned:
+            self._warned.add("unreachable")
+            warnings.warn(
+                f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
+                f"{power:.4g} W ({short:.3g} W over it); running it",
+                RuntimeWarning,
+                stacklevel=6,
+            )
 
     def _pi(self, power: float, cap: float, dt: float, over: bool, under: bool) -> int:
         # Error relative to the middle of the band, as a fraction of the cap;

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -108,15 +109,20 @@ class Measurement:
 
     def to_csv(self) -> str:
         """One row per domain and one for the total; ``pandas.read_csv`` reads it as it is
-        (a missing figure is an empty field)."""
+        (a missing figure is an empty field).  The peak is of the total (the one
+        windowed series the sampler keeps statistics of): a domain's row has it
+        when that domain is the whole total, and leaves it empty otherwise."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(
             ["command", "exit_status", "domain", "energy_j", "duration_s", "avg_power_w"]
             + ["peak_power_w", "window_s", "period_s", "meter", "label", "note"]
         )
-        cmd = " ".join(self.command)
-        rows = [(d, e, math.nan) for d, e in self.energy_j.items()]
+        cmd = shlex.join(self.command)
+        whole = self.total_domains[0] if len(self.total_domains) == 1 else None
+        rows = [
+            (d, e, self.peak_power_w if d == whole else math.nan) for d, e in self.energy_j.items()
+        ]
         rows.append(("total", self.total_j, self.peak_power_w))
         for domain, energy, peak in rows:
             avg = energy / self.duration_s if self.duration_s > 0 else math.nan
@@ -129,8 +135,8 @@ class Measurement:
 
     def __str__(self) -> str:
         lab = self.label
-        cmd = " ".join(self.command)
-        lines = ["", f" Energy stats for '{cmd}' (exit status {self.exit_status}):", ""]
+        cmd = shlex.join(self.command)
+        lines = ["", f" Energy stats (exit status {self.exit_status}) for: {cmd}", ""]
         for d, e in self.energy_j.items():
             lines.append(f"  {_num(e, 4):>14} J   {d:<16} {lab}")
         total = f"({' + '.join(self.total_domains)})"

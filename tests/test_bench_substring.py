@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -88,6 +89,8 @@ def test_tiny_sweep_writes_three_files(
     )
     assert doc["interrupted"] is False
     assert doc["corpus"]["strings"] == 60
+    assert doc["bottom_w"] > 0 and doc["bottom_threads"] == thread_knob(doc["machine"]["cores"]).lo
+    assert any("[bottom]" in line for line in lines)
     matches = {r["details"]["matches"] for r in doc["rows"]}
     assert len(matches) == 1  # every mode did the same work
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -118,8 +121,11 @@ def test_fake_meter_over_cap_sheds_threads(tmp_path: Path) -> None:
 
 def test_sweep_caps() -> None:
     assert sweep_caps(5.0, 21.0, (0.5, 0.75)) == [13.0, 17.0]
-    with pytest.raises(RuntimeError, match="--caps"):
+    with pytest.raises(RuntimeError, match="bottom level.*--caps"):
         sweep_caps(20.0, 20.1, (0.5,))
+    # from the bottom level (13 W) to uncapped (18.28 W): every cap between the two levels
+    caps = sweep_caps(13.0, 18.28, (0.25, 0.5, 0.75))
+    assert caps == [14.3, 15.6, 17.0] and all(13.0 < c < 18.28 for c in caps)
 
 
 def test_thread_knob() -> None:
@@ -168,16 +174,18 @@ def test_config_refuses_what_the_machine_cannot_run() -> None:
 
 
 def test_cap_warnings_say_which_mode_cannot_hold_a_cap() -> None:
-    knob = thread_knob(8)  # least setting: 2 of 8 threads
-    # idle 10 W, uncapped 50 W: the NRG-loop's floor is about 10 + 40 * 2/8 = 20 W
-    lines = cap_warnings([5.0, 15.0, 30.0, 50.0, 60.0], 10.0, 50.0, 8, knob)
+    knob = thread_knob(8)  # bottom level: 2 of 8 threads
+    # idle 10 W, uncapped 50 W, the bottom level measured at 20 W
+    lines = cap_warnings([5.0, 15.0, 30.0, 50.0, 60.0], 10.0, 50.0, 20.0, knob)
     assert len(lines) == 4
     assert "5 W is below the idle power" in lines[0] and "no mode" in lines[0]
     assert "15 W" in lines[1] and "NRG-loop cannot hold it" in lines[1]
-    assert "20.00 W" in lines[1] and "estimated" in lines[1]
+    assert "20.00 W" in lines[1] and "measured" in lines[1] and "2 thread(s)" in lines[1]
     assert "50 W is at or above the uncapped" in lines[2]
     assert "60 W" in lines[3]
-    assert cap_warnings([30.0], 10.0, 50.0, 8, knob) == []
+    assert cap_warnings([30.0], 10.0, 50.0, 20.0, knob) == []
+    # the reviewer's quiet run: a cap under the 1-thread level (13 W) is flagged
+    assert "cannot hold" in cap_warnings([12.3], 5.08, 18.28, 13.0, thread_knob(2))[0]
 
 
 def test_sweep_caps_are_distinct() -> None:
@@ -266,7 +274,10 @@ def _doc(caps: list[float], rounds: int, disturbed_at: int = -1) -> dict[str, ob
         "meter": {"kind": "model", "measured": False, "label": "estimated", "window_s": 0.1}
         | {"description": "estimated"},
         "governor": {"kind": "cgroup"},
+        "config": {"policy": "mix"},
         "idle_w": 5.0,
+        "bottom_w": 11.0,
+        "bottom_threads": 1,
     }
 
 
@@ -302,8 +313,14 @@ def test_figure_axes_are_honest_and_caps_visible(caps: list[float], tmp_path: Pa
         # each cap is a black bar at its own height, also when there is one
         bars = [c for c in ax_p.collections if c.get_label() == "the cap"]
         assert len(bars) == 1
-        heights = sorted(seg[0][1] for seg in bars[0].get_segments())
-        assert heights == caps
+        segments = sorted(bars[0].get_segments(), key=lambda seg: seg[0][1])
+        assert [seg[0][1] for seg in segments] == caps
+        for a, b in itertools.pairwise(segments):  # the bars of neighbouring caps never meet
+            assert a[1][0] < b[0][0]
+        # the legend names the policy in force, and the measured bottom level is drawn
+        labels_p = [h.get_label() for h in ax_p.get_legend_handles_labels()[0]]
+        assert any("policy mix" in label for label in labels_p)
+        assert any("bottom level (1 thread(s))" in label for label in labels_p)
         # median with min-max bars: the nrgloops energy line sits at the median round
         labels = [h.get_label() for h in ax_e.get_legend_handles_labels()[0]]
         assert "disturbed run" in labels and "uncapped runs, min-max" in labels
@@ -319,7 +336,7 @@ def test_repeat_validation(tmp_path: Path) -> None:
         SubstringBench(Config(repeat=0))
     with pytest.raises(TypeError, match="repeat"):
         SubstringBench(Config(repeat=1.5))  # type: ignore[arg-type]
-    assert Config(quick=True, repeat=3).fractions == (0.7,)
+    assert Config(quick=True, repeat=3).fractions == (0.5,)
     assert len(Config(quick=True).fractions) == 3
     from nrgloops.cli import main
 

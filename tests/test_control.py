@@ -331,6 +331,24 @@ def test_an_unreachable_cap_runs_the_bottom_warns_once_and_says_by_how_much() ->
     assert mean_power(trace, after=0.5) == pytest.approx(18.0 * 0.99, rel=0.01)
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_unreachable_is_judged_on_windows_wholly_at_the_bottom(policy: str) -> None:
+    # with a lag, the windows after a move down (or a probe up) still hold
+    # the level above: they overstated the shortfall (3.67 W, not 3)
+    knob = Knob(1, 2, 1, policy=policy)
+    with pytest.warns(RuntimeWarning, match="not reachable"):
+        drive(knob, THREADS, 10.0, 10.0, lo=1, lag_s=0.01)
+    assert knob.unreachable_w == pytest.approx(3.0, rel=0.005)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_raising_an_unreachable_cap_clears_it(policy: str) -> None:
+    knob = Knob(1, 2, 1, policy=policy)
+    with pytest.warns(RuntimeWarning, match="not reachable"):
+        drive(knob, THREADS, lambda t: 10.0 if t < 3.0 else 17.0, 3.5, lo=1)
+    assert knob.unreachable_w is None and knob.state()["unreachable_w"] is None
+
+
 def test_a_cap_over_the_top_never_binds() -> None:
     for policy in POLICIES:
         knob = Knob(1, 2, 1, policy=policy)

@@ -768,3 +768,26 @@ def test_perforate_and_truncate_follow_run_time_changes(fake: FakeMeter) -> None
         if i == 10:
             budget.joules = 1e-9  # spent already
     assert t.report.iterations["ran"] < 10**6 and t.report.budget_j == 1e-9
+
+
+def test_raising_an_unreachable_cap_on_a_running_loop_clears_it_from_the_report() -> None:
+    fake = FakeMeter(13.0)  # 13 W whatever the level: 10 W is out of reach, 17 W is not
+    cap = PowerCap(10.0, meter=fake)
+    knob = Knob(1, 2, 1)
+
+    def run(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            loop.step()
+            time.sleep(0.001)
+
+    with pytest.warns(RuntimeWarning, match="not reachable"), nrg_adapt(cap, knob=knob) as loop:
+        run(0.6)
+        assert loop.report.cap_unreachable_w == pytest.approx(3.0, rel=0.05)
+        cap.watts = 17.0
+        run(0.4)
+    r = loop.report
+    assert r.cap_w == 17.0 and r.cap_unreachable_w is None
+    assert "not reachable" not in str(r)
+    # the time over the old cap still counts (against the cap in force then)
+    assert r.over_cap_fraction is not None and 0.2 < r.over_cap_fraction < 0.9

@@ -70,6 +70,7 @@ def test_exit_status_passes_through(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["measure", "--meter", "model", "--", "sh", "-c", "kill -TERM $$"]) == 143
     err = capsys.readouterr().err
     assert "exit status 3" in err and "exit status 143" in err
+    assert "for: sh -c 'exit 3'" in err  # the command as a shell would take it back
     assert "ESTIMATED by the model meter" in err and "time elapsed" in err
 
 
@@ -82,6 +83,8 @@ def test_cli_text_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert words in err
     df = pandas.read_csv(out)
     assert list(df["domain"]) == ["package-0", "total"]
+    # package-0 is the whole total here: its row has the total's peak
+    assert df["peak_power_w"].iloc[0] == df["peak_power_w"].iloc[1] > 0
     assert df["energy_j"].iloc[-1] > 0 and (df["label"] == "estimated").all()
     assert df["duration_s"].iloc[0] >= 0.2
     js = tmp_path / "m.json"

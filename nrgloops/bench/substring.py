@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import itertools
 import json
 import math
 import mmap
@@ -88,10 +89,11 @@ MODES = ("uncapped", "nrgloops", "governor")
 BUSY_WARN_CPUS = 0.15  # other programs' load worth a warning, in CPUs
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-# Caps between the idle and the uncapped power, as fractions of that span.
-QUICK_FRACTIONS = (0.55, 0.7, 0.85)
-QUICK_REPEAT_FRACTIONS = (0.7,)  # --quick --repeat N: one cap N times keeps to about a minute
-FULL_FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Caps between the power of the knob's bottom level (measured) and the
+# uncapped power, as fractions of that span: the caps an NRG-loop can hold.
+QUICK_FRACTIONS = (0.25, 0.5, 0.75)
+QUICK_REPEAT_FRACTIONS = (0.5,)  # --quick --repeat N: one cap N times keeps to about a minute
+FULL_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 
 
 def parse_caps(text: str) -> list[float]:
@@ -115,24 +117,22 @@ def check_caps(caps: object) -> list[float]:
 
 
 def cap_warnings(
-    caps: Sequence[float], idle_w: float, uncapped_w: float, cores: int, knob: Knob[int]
+    caps: Sequence[float], idle_w: float, uncapped_w: float, bottom_w: float, knob: Knob[int]
 ) -> list[str]:
     """A line for each cap outside what the modes can hold, saying which
-    mode cannot: below idle none can; below the NRG-loop's least setting
-    (its lowest thread count, power estimated as idle plus that share of
-    the uncapped span) only a governor may; at or above uncapped there is
-    nothing to hold."""
-    floor_w = idle_w + (uncapped_w - idle_w) * knob.lo / max(cores, 1)
+    mode cannot: below idle none can; below what the NRG-loop's bottom
+    level (its lowest thread count) drew when measured, ``bottom_w``, only
+    a governor may; at or above uncapped there is nothing to hold."""
     out = []
     for cap in caps:
         if cap < idle_w:
             out.append(
                 f"cap {cap:g} W is below the idle power ({idle_w:.2f} W): no mode can hold it"
             )
-        elif cap < floor_w:
+        elif cap < bottom_w:
             out.append(
-                f"cap {cap:g} W is below what the NRG-loop's least setting ({knob.lo:g} "
-                f"thread(s)) draws, about {floor_w:.2f} W (estimated from idle and uncapped): "
+                f"cap {cap:g} W is below what the NRG-loop's bottom level ({knob.lo:g} "
+                f"thread(s)) drew, {bottom_w:.2f} W (measured before the sweep): "
                 "the NRG-loop cannot hold it; a governor may"
             )
         elif cap >= uncapped_w:
@@ -143,17 +143,18 @@ def cap_warnings(
     return out
 
 
-def sweep_caps(idle_w: float, uncapped_w: float, fractions: Sequence[float]) -> list[float]:
-    """Caps at ``fractions`` of the way from the idle to the uncapped power,
-    rounded to 0.1 W, each once, in increasing order."""
-    if not uncapped_w > idle_w * 1.02:
+def sweep_caps(bottom_w: float, uncapped_w: float, fractions: Sequence[float]) -> list[float]:
+    """Caps at ``fractions`` of the way from the power of the knob's bottom
+    level to the uncapped power, rounded to 0.1 W, each once, increasing."""
+    if not uncapped_w > bottom_w * 1.02:
         raise RuntimeError(
-            f"the uncapped run ({uncapped_w:.2f} W) drew no more than idle ({idle_w:.2f} W), "
-            "so there is no range of caps to sweep (was another program busy while idle "
-            "was measured?); give the caps with --caps"
+            f"the uncapped run ({uncapped_w:.2f} W) drew no more than the NRG-loop's bottom "
+            f"level ({bottom_w:.2f} W), so there is no range of caps an NRG-loop can hold "
+            "(was another program busy meanwhile, or is there one core?); give the caps "
+            "with --caps"
         )
     # Rounded, close fractions of a narrow span can meet: each cap once.
-    return sorted({round(idle_w + f * (uncapped_w - idle_w), 1) for f in fractions})
+    return sorted({round(bottom_w + f * (uncapped_w - bottom_w), 1) for f in fractions})
 
 
 def thread_knob(cores: int, policy: str = "mix") -> Knob[int]:
@@ -223,6 +224,11 @@ class Config:
     @property
     def idle(self) -> float:
         return self.idle_s if self.idle_s is not None else (1.0 if self.quick else 3.0)
+
+    @property
+    def bottom(self) -> float:
+        """Seconds the knob's bottom level is measured: twice the idle's."""
+        return 2.0 * self.idle
 
     @property
     def fractions(self) -> Sequence[float]:
@@ -392,6 +398,8 @@ class SubstringBench:
         self.rows: list[Row] = []
         self.idle_w: float | None = None
         self.idle_background = math.nan
+        self.bottom_w: float | None = None  # the knob's bottom level, measured
+        self.bottom_background = math.nan
         self.caps: list[float] = list(config.caps) if config.caps else []
         self.corpus_info: dict[str, Any] = {}
         self.started = datetime.datetime.now(datetime.timezone.utc)
@@ -462,6 +470,38 @@ class SubstringBench:
                 n += 1
             per = (time.monotonic() - t0) / n
         return max(8, int(round(self.config.target / per)))
+
+    def _measure_bottom(self, sampler: Sampler, corpus: bytes, patterns: Sequence[bytes]) -> None:
+        """The power of the knob's bottom level (its lowest thread count),
+        measured for ``bottom_s``: the least an NRG-loop can draw, so the
+        lowest cap it can hold (the caps swept go from here to uncapped).
+
+        A meter of the whole machine counts other programs too, so the level
+        is the least of the run's average and its quietest 0.5 s window."""
+        lo = int(thread_knob(self.cores, self.config.policy).lo)
+        seconds = self.config.bottom
+        self.log(f"[bottom] {lo} thread(s), the knob's bottom level, for {seconds:g} s")
+        quietest = math.inf
+        with Searcher(corpus, max_threads=lo) as s, _Measure(sampler, self.window, None) as m:
+            t0, i, next_poll = time.monotonic(), 0, 0.5
+            while (now := time.monotonic() - t0) < seconds:
+                s.count(patterns[i % len(patterns)], lo)
+                i += 1
+                if now >= next_poll:  # a window wholly inside the run
+                    quietest = min(quietest, sampler.power(0.5))
+                    next_poll = now + 0.25
+        average = m.energy / m.duration
+        self.bottom_w = min(average, quietest)
+        self.bottom_background = m.background_cpus
+        self.log(
+            f"  bottom level: {self.bottom_w:.2f} W ({self._label()}; average {average:.2f} W, "
+            f"quietest 0.5 s window {quietest:.2f} W)"
+        )
+        if m.background_cpus > BUSY_WARN_CPUS:
+            self.log(
+                f"  note: other programs kept {m.background_cpus:.2f} CPUs busy meanwhile; "
+                "their power is in this level, so the caps swept from it sit higher"
+            )
 
     def _run_nrgloops(
         self, sampler: Sampler, corpus: bytes, patterns: Sequence[bytes], cap: float
@@ -563,6 +603,7 @@ class SubstringBench:
                 if expected is None:
                     expected = total
                     self.corpus_info["matches"] = total
+                    self._measure_bottom(sampler, corpus, patterns)
                     self._first_round_done(self._base)
                 elif total != expected:
                     raise RuntimeError(
@@ -585,7 +626,7 @@ class SubstringBench:
 
     def _first_round_done(self, base: Row) -> None:
         """After the first uncapped run: the governor's model, and the caps."""
-        assert self.idle_w is not None
+        assert self.idle_w is not None and self.bottom_w is not None
         span = base.avg_power_w - self.idle_w
         if self.governor is not None and span > 0:
             # The governor's model, from what we just measured.
@@ -593,11 +634,12 @@ class SubstringBench:
                 idle_w=self.idle_w, watts_per_cpu=span / self.cores
             )
         if not self.caps:
-            self.caps = sweep_caps(self.idle_w, base.avg_power_w, self.config.fractions)
+            self.caps = sweep_caps(self.bottom_w, base.avg_power_w, self.config.fractions)
         if self.governor is not None:
             _check_governor_caps(self.governor, self.caps)
         knob = thread_knob(self.cores, self.config.policy)
-        for line in cap_warnings(self.caps, self.idle_w, base.avg_power_w, self.cores, knob):
+        warnings = cap_warnings(self.caps, self.idle_w, base.avg_power_w, self.bottom_w, knob)
+        for line in warnings:
             self.log(f"  warning: {line}")
 
     # -- results ---------------------------------------------------------------
@@ -634,6 +676,9 @@ class SubstringBench:
             "corpus": self.corpus_info,
             "idle_w": self.idle_w,
             "idle_background_cpus": self.idle_background,
+            "bottom_w": self.bottom_w,
+            "bottom_threads": int(thread_knob(self.cores, cfg.policy).lo),
+            "bottom_background_cpus": self.bottom_background,
             "columns": list(COLUMNS),
             "rows": [{**r.values(), "details": r.details} for r in self.rows],
         }
@@ -793,11 +838,15 @@ def figure(doc: dict[str, Any]) -> Any:
     fig, (ax_e, ax_p) = plt.subplots(1, 2, figsize=(11, 4.6))
     styles = {"nrgloops": ("tab:green", "o"), "governor": ("tab:red", "s")}
     gov = doc["governor"]["kind"] or "none"
-    knob = f"{doc.get('config', {}).get('policy', '')} thread knob".strip()
-    names = {"nrgloops": f"NRG-loop ({knob})", "governor": f"system governor ({gov})"}
+    policy = doc.get("config", {}).get("policy") or "?"
+    names = {
+        "nrgloops": f"NRG-loop (thread knob, policy {policy})",
+        "governor": f"system governor ({gov})",
+    }
     caps_all = sorted({r["cap_w"] for r in rows if r["cap_w"] is not None})
-    span = (caps_all[-1] - caps_all[0]) if len(caps_all) > 1 else 0.0
-    width = max(span, caps_all[0] if caps_all else 1.0) * 0.04  # half-width of a cap's bar
+    gaps = [b - a for a, b in itertools.pairwise(caps_all)]
+    # A cap's bar (half-width): a fifth of the closest caps' spacing, so bars never meet.
+    width = 0.2 * min(gaps) if gaps else (caps_all[0] if caps_all else 1.0) * 0.04
     spread = "median, bars min-max" if rounds > 1 else "one run each"
     tops = [1.0]
     ptops: list[float] = []
@@ -872,6 +921,15 @@ def figure(doc: dict[str, Any]) -> Any:
         ptops += caps_all
     if doc.get("idle_w"):
         ax_p.axhline(doc["idle_w"], color="gray", linestyle=":", linewidth=1, label="idle")
+    if doc.get("bottom_w"):
+        threads = doc.get("bottom_threads")
+        ax_p.axhline(
+            doc["bottom_w"],
+            color="tab:green",
+            linestyle="-.",
+            linewidth=1,
+            label=f"NRG-loop's bottom level ({threads} thread(s)), before the sweep",
+        )
     label = meter["label"]
     for ax in (ax_e, ax_p):
         ax.set_xlabel("soft power cap (W)")
@@ -909,8 +967,11 @@ def figure(doc: dict[str, Any]) -> Any:
             _stats([r["avg_power_w"] for r in base]),
             _stats([r["time_s"] for r in base]),
         )
+        bottom = doc.get("bottom_w")
+        at_bottom = f", bottom level {bottom:.1f} W" if bottom else ""
         notes.append(
-            f"idle {doc['idle_w']:.1f} W, uncapped {base_w[0]:.1f} W in {base_s[0]:.1f} s; "
+            f"idle {doc['idle_w']:.1f} W{at_bottom}, uncapped {base_w[0]:.1f} W in "
+            f"{base_s[0]:.1f} s; "
             f"{meter['description']}"
         )
     disturbed = [r for r in rows if r.get("disturbed")]
