@@ -34,13 +34,12 @@ counts a loop keeps), never the hardware.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from nrgloops import _checks
+from nrgloops import _checks, _forksafe
 from nrgloops.constraints import EnergyBudget, PowerCap, default_window
 from nrgloops.constraints import _meter as shared_meter  # one meter per kind string
 from nrgloops.meters import Meter
@@ -205,7 +204,7 @@ class Exporter:
         self.port: int = self._server.server_address[1]
         host = f"[{addr}]" if ":" in addr else addr
         self.url = f"http://{host}:{self.port}/metrics"
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._stopped = False
 
     def stop(self) -> None:

@@ -291,13 +291,13 @@ def test_restore_refuses_an_old_value_outside_the_zones_range(
         "pid": DEAD_PID,
         "changes": [
             {"op": "write", "path": str(lim), "old": "99999999999999999999"},
-            {"op": "write", "path": str(lim), "old": "28000001"},  # 1 µW above the max
+            {"op": "write", "path": str(lim), "old": "4095875001"},  # 1 µW over the field
             {"op": "write", "path": str(zone / "enabled"), "old": "2"},
             {"op": "write", "path": str(group / "cpu.max"), "old": "1"},  # never restored
         ],
     }
     _plant(j, "1-1.json", json.dumps(bad))
-    _plant(j, "1-2.json", json.dumps(_dead_write(lim, "28000000")))  # the max itself: fine
+    _plant(j, "1-2.json", json.dumps(_dead_write(lim, "28000000")))  # the zone's max: fine
     result = restore(j, trees=[tree.base])
     assert lim.read_text() == "28000000\n"
     assert (zone / "enabled").read_text() == "1\n"
@@ -305,13 +305,13 @@ def test_restore_refuses_an_old_value_outside_the_zones_range(
     assert result.undone == [f"restored {lim} to '28000000'"]
     assert len(result.bad) == 4 and all("1-1.json: entry" in line for line in result.bad)
     # entries are undone latest first
-    assert "99999999999999999999 µW" in result.bad[3] and "max_power_uw (28000000" in result.bad[3]
-    assert "old must be 0 or 1" in result.bad[1] and "28000001 µW" in result.bad[2]
+    assert "99999999999999999999 µW" in result.bad[3] and "maximum (4095875000" in result.bad[3]
+    assert "old must be 0 or 1" in result.bad[1] and "4095875001 µW" in result.bad[2]
     assert "not a powercap limit or enabled file" in result.bad[0]
     assert len(json.loads((j / "1-1.json").read_text())["changes"]) == 4  # kept, to be seen
     argv = ["governor", "restore", "--dir", str(j), "--tree", str(tree.base)]
     assert main(argv) == 1
-    assert "above the zone's max_power_uw" in capsys.readouterr().err
+    assert "above the PL1 field's maximum" in capsys.readouterr().err
 
 
 def test_restore_range_without_max_power_is_the_pl1_field(tmp_path: Path) -> None:
@@ -325,6 +325,17 @@ def test_restore_range_without_max_power_is_the_pl1_field(tmp_path: Path) -> Non
     result = restore(tmp_path / "j", trees=[tree.base])
     assert len(result.undone) == 1 and len(result.bad) == 1
     assert lim.read_text() == f"{field_max}\n"
+
+
+def test_restore_puts_back_an_original_above_max_power_within_the_field(tmp_path: Path) -> None:
+    # firmware often leaves PL1 "unlimited", above the zone's max_power_uw: that is
+    # what was there, so it comes back (only new caps are bounded by max_power_uw)
+    tree = server(tmp_path / "sys", packages=1)  # max_power_uw 28 W
+    lim = tree.root / "intel-rapl:0" / "constraint_0_power_limit_uw"
+    lim.write_text("10000000\n")
+    _plant(tmp_path / "j", "1-1.json", json.dumps(_dead_write(lim, "4095875000")))
+    result = restore(tmp_path / "j", trees=[tree.base])
+    assert not result.bad and lim.read_text() == "4095875000\n"
 
 
 # ---------------------------------------------------------------------------

@@ -50,8 +50,13 @@ def max_power_uw(limit: str | os.PathLike[str]) -> int:
 
 def restorable_problem(path: str, old: object) -> str | None:
     """Why ``old`` may not be written back to the governed file ``path``, or None:
-    ``enabled`` takes 0 or 1; a limit takes [0, ``max_power_uw``] µW (0: some
-    firmware leaves an unused constraint at 0).  Reads the zone's max file."""
+    ``enabled`` takes 0 or 1; a limit takes [0, ``FIELD_MAX_UW``] µW (0: some
+    firmware leaves an unused constraint at 0).
+
+    The bound is the PL1 field's, not the zone's ``max_power_uw`` (which bounds
+    new caps): firmware may set a package's own limit above that, often to
+    "unlimited", and restore must put back exactly what was there; only a value
+    the field cannot hold (which the kernel would mask) is refused."""
     name = os.path.basename(path)
     if not LIMIT_FILE.match(name):
         return f"{path} is not a powercap limit or enabled file"
@@ -61,11 +66,10 @@ def restorable_problem(path: str, old: object) -> str | None:
         if old not in ("0", "1"):
             return f"old must be 0 or 1 for {path}, got {old!r}"
         return None
-    hi = max_power_uw(path)
-    if int(old) > hi:
+    if int(old) > FIELD_MAX_UW:
         return (
-            f"old {old} µW for {path} is above the zone's max_power_uw ({hi} µW): not a "
-            "limit the file can have held (the kernel would mask it into the PL1 field, "
+            f"old {old} µW for {path} is above the PL1 field's maximum ({FIELD_MAX_UW} µW): "
+            "not a limit the file can have held (the kernel would mask it into the field, "
             "possibly a 0 W limit)"
         )
     return None
