@@ -127,7 +127,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from nrgloops import _checks
+from nrgloops import _checks, _forksafe
 from nrgloops._errors import NrgError
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.meters import Meter
@@ -746,7 +746,7 @@ class LeasedCap(PowerCap):
         self._allowed_j = 0.0
         self._energy = _LeasedEnergy(self) if budget._config.get("joules") is not None else None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: (monotonic s, watts in force, answered) after every renewal
         self.history: collections.deque[tuple[float, float, bool]] = collections.deque(
             maxlen=100_000

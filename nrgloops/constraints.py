@@ -23,10 +23,10 @@ assignment with an AttributeError saying so: make a new constraint instead.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from typing import Any
 
+from nrgloops import _forksafe
 from nrgloops._checks import number
 from nrgloops.meters import Meter, open_meter
 
@@ -37,7 +37,7 @@ MIN_DEFAULT_WINDOW_S = 0.1
 # One meter per kind string, so that PowerCap(45) and EnergyBudget(100) made
 # with the same meter="auto" share one meter and so one sampler thread.
 _shared: dict[str, Meter] = {}
-_shared_lock = threading.Lock()
+_shared_lock = _forksafe.lock()
 
 
 def _meter(meter: str | Meter) -> Meter:

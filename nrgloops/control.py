@@ -147,15 +147,6 @@ NOISE_LEARN = 0.05  # the seen noise averages over ~20 windows
 CLIP_SIGMAS = 2.5  # a confident model's error is clipped at 2.5 standard deviations
 
 
-def _finite(name: str, value: Any, what: str) -> float:
-    """A real number for ``update``: TypeError/ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return float(value)
-
-
 class PowerModel:
     """The power of each of ``n`` grid levels, W, learned from windowed powers.
 
@@ -662,16 +653,10 @@ class Knob(Generic[N]):
         be finite and >= 0, ``cap`` finite and > 0, ``now`` finite,
         ``dwell`` finite and >= 0, ``window`` None or finite and > 0.
         """
-        power = _finite("power", power, "a finite number of watts >= 0")
-        if power < 0:
-            raise ValueError(f"power must be a finite number of watts >= 0, got {power!r}")
-        cap = _finite("cap", cap, "a finite number of watts > 0")
-        if cap <= 0:
-            raise ValueError(f"cap must be a finite number of watts > 0, got {cap!r}")
-        now = _finite("now", now, "a finite time in seconds (time.monotonic())")
-        dwell = _finite("dwell", dwell, "a finite number of seconds >= 0")
-        if dwell < 0:
-            raise ValueError(f"dwell must be a finite number of seconds >= 0, got {dwell!r}")
+        power = number("power", power, "watts", lo=0.0)
+        cap = number("cap", cap, "watts", lo=0.0, lo_open=True)
+        now = number("now", now, "seconds (time.monotonic())")
+        dwell = number("dwell", dwell, "seconds", lo=0.0)
         if window is not None:
             window = number("window", window, "seconds", lo=0.0, lo_open=True)
         if window is None:

@@ -17,7 +17,7 @@ carry ``meter`` and ``measured`` labels ("true" for a hardware counter,
     nrgloops_meter_info{description}            1, with where the numbers come from
     nrgloops_loop_cap_watts{loop,kind}          gauge: a running loop's power cap
     nrgloops_loop_budget_joules{loop,kind}      gauge: a running loop's energy budget
-    nrgloops_loop_knob_level{loop,kind}         gauge: its knob's level
+    nrgloops_loop_knob_level{loop,kind}         gauge: its knob's real level (knob.level)
     nrgloops_loop_power_watts{loop,kind}        gauge: the windowed power the loop reads
     nrgloops_loop_iterations_total{loop,kind,variant}  counter: adapt / alternate, ran / skipped
     nrgloops_loop_over_cap_seconds_total{loop,kind}    counter: time the power was over the cap
@@ -34,13 +34,12 @@ counts a loop keeps), never the hardware.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from nrgloops import _checks
+from nrgloops import _checks, _forksafe
 from nrgloops.constraints import EnergyBudget, PowerCap, default_window
 from nrgloops.constraints import _meter as shared_meter  # one meter per kind string
 from nrgloops.meters import Meter
@@ -208,7 +207,7 @@ class Exporter:
         self.port: int = self._server.server_address[1]
         host = f"[{addr}]" if ":" in addr else addr
         self.url = f"http://{host}:{self.port}/metrics"
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._stopped = False
 
     def stop(self) -> None:

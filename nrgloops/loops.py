@@ -33,13 +33,13 @@ import functools
 import inspect
 import math
 import os
-import threading
 import time
 import types
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from nrgloops import _forksafe
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib
 from nrgloops.carbon import J_PER_KWH, CarbonBudget
@@ -76,7 +76,8 @@ _now = time.monotonic
 
 # The loops running now, for the exporter (weak: a dropped loop leaves it).
 _running: weakref.WeakSet[_Loop] = weakref.WeakSet()
-_running_lock = threading.Lock()  # a WeakSet cannot be iterated while another thread adds
+# (a WeakSet cannot be iterated while another thread adds)
+_running_lock = _forksafe.lock()
 
 
 def running_loops() -> list[_Loop]:
@@ -90,9 +91,8 @@ def _forget_in_child() -> None:
     # A forked child (multiprocessing's default start on Linux) holds copies
     # of the parent's adapted functions: each starts a loop of its own there.
     # (Truncated, perforated and `with` loops are left alone: a child that
-    # goes on iterating one goes on with its copy.)
-    global _running_lock
-    _running_lock = threading.Lock()  # a parent thread may have held it
+    # goes on iterating one goes on with its copy.)  The locks are unlocked
+    # again already (nrgloops._forksafe's hook runs first).
     for loop in list(_running):
         if isinstance(loop, AdaptedFunction):
             _running.discard(loop)
@@ -146,7 +146,7 @@ class _Loop:
         if knob is None and self.kind == "adapt":
             self._share = Knob(0, 1, 1)
             self._share._bottom_text = "the alternate (degraded) body"
-        self._lock = threading.RLock()
+        self._lock = _forksafe.rlock()
         self._sampler: Sampler | None = None
         self._pub: Any = _IDLE
         self._slot = 0
@@ -532,7 +532,6 @@ class AdaptedFunction(_Loop, Generic[P, R]):
     def _forget(self) -> None:
         """In a forked child: let go of the parent's running loop (its sampler
         runs on in the child, unused); the child's next call starts its own."""
-        self._lock = threading.RLock()
         self._sampler = None
         if self._finalizer is not None:
             self._finalizer.detach()

@@ -31,12 +31,11 @@ import errno
 import logging
 import math
 import os
-import threading
 import weakref
 from types import TracebackType
 from typing import Any
 
-from nrgloops import _checks
+from nrgloops import _checks, _forksafe
 from nrgloops._errors import NrgError
 from nrgloops._ffi import check, ffi, lib
 from nrgloops.meters._base import Meter
@@ -48,9 +47,10 @@ log = logging.getLogger("nrgloops")
 DEFAULT_HISTORY_S = 10.0  # the ring holds at least this much history
 MIN_PERIOD_S = 1e-4  # faster than 10 kHz the thread would only spin
 MAX_RING_BYTES = 1 << 30  # a ring larger than 1 GiB is a mistake, not a plan
-# power(window) publishes at most this many windows per handle; more distinct
-# windows are computed from the ring at each call (slower, never an error),
-# so that one handle cannot take the slots that loops need.
+# power(window) publishes at most this many windows per handle, and only
+# while a slot is free; more distinct windows are computed from the ring at
+# each call (slower, never an error).  Such automatic slots rank below
+# explicit watches (the loops'): watch() takes one back when none is free.
 AUTO_WATCH_PER_HANDLE = 8
 MAX_POINTS = 2**31 - 1  # series() counts in a C int
 
@@ -89,6 +89,10 @@ class _Core:
         self.published = whole[offset:].cast("d")
         self.users = 0
         self.halted = False
+        # Who holds each C slot (the C core only counts): explicit watches
+        # per slot, and the leases holding a slot automatically (power()).
+        self.explicit: dict[int, int] = {}
+        self.auto: dict[int, set[_Lease]] = {}
 
     def halt(self) -> None:
         """Stop the thread but keep the ring: handles may still read it."""
@@ -98,8 +102,22 @@ class _Core:
 
     stop = halt  # the memory itself goes with the last reference
 
+    def reclaim(self) -> bool:
+        """Take back one slot that only automatic watches hold (call with
+        _lock held): their handles compute that window at each call from
+        then on.  False when every slot has an explicit watch."""
+        for slot, leases in self.auto.items():
+            if self.explicit.get(slot, 0) == 0:
+                for lease in list(leases):
+                    lease.forget(slot)
+                log.debug("nrgloops: sampler slot %d taken back from power() for a watch", slot)
+                return True
+        return False
 
-_lock = threading.Lock()
+
+# Every module-level state below is guarded by _lock (unlocked again in a
+# forked child by nrgloops._forksafe).
+_lock = _forksafe.lock()
 _cores: dict[tuple[int, float, float], _Core] = {}
 
 
@@ -128,15 +146,89 @@ def _acquire(meter: Meter, period: float, history: float) -> _Lease:
         return lease
 
 
+_Key = tuple[float, str | None]  # (window, domain)
+
+
 class _Lease:
     """One handle's share of a core and the slots it watches, given back
-    once: by ``stop()``, or after the handle was collected while started."""
+    once: by ``stop()``, or after the handle was collected while started.
+
+    ``keys`` and ``total`` are the handle's own lookups (the handle reads
+    them, the lease changes them under _lock): an automatic slot taken back
+    by ``_Core.reclaim`` leaves them, and ``power()`` computes that window."""
 
     def __init__(self, core: _Core, key: tuple[int, float, float]) -> None:
         self.core = core
         self.key = key
-        self.slots: set[int] = set()
+        self.keys: dict[_Key, int] = {}  # (window, domain) -> slot, every watch
+        self.total: dict[float, int] = {}  # window -> slot, domain None: the hot path's
+        self.explicit: set[int] = set()
+        self.auto: set[int] = set()
         self.done = False
+
+    def watch(self, w: float, col: int, domain: str | None, auto: bool) -> int | None:
+        """The slot publishing (w, domain), watched explicitly (``watch()``:
+        an automatic slot of this lease is taken back if none is free) or
+        automatically (``power()``: None when no slot is free)."""
+        core = self.core
+        with _lock:
+            _drain()
+            if self.done:
+                raise NrgError("the sampler was stopped while a window was being watched")
+            slot = self.keys.get((w, domain))
+            if slot is not None:
+                if not auto and slot in self.auto:  # power() used it first: now it is kept
+                    self._drop_auto(slot)
+                    self._add_explicit(slot)
+                return slot
+            rc = lib.nrg_sampler_watch(core.ptr, w, col)
+            if rc == -errno.ENOSPC:
+                if auto:
+                    return None
+                while rc == -errno.ENOSPC and core.reclaim():
+                    rc = lib.nrg_sampler_watch(core.ptr, w, col)
+            slot = check(
+                rc,
+                "watching a power window",
+                reasons={
+                    errno.ENOSPC: (
+                        f"this sampler already publishes {lib.NRG_MAX_SLOTS} distinct "
+                        "(window, domain), every one watched by a loop or a watch() call: "
+                        "stop samplers no longer used, or reuse a window already in use"
+                    )
+                },
+            )
+            if auto:
+                self.auto.add(slot)
+                core.auto.setdefault(slot, set()).add(self)
+            else:
+                self._add_explicit(slot)
+            self.keys[(w, domain)] = slot
+            if domain is None:
+                self.total[w] = slot
+            return slot
+
+    def _add_explicit(self, slot: int) -> None:
+        self.explicit.add(slot)
+        self.core.explicit[slot] = self.core.explicit.get(slot, 0) + 1
+
+    def _drop_auto(self, slot: int) -> None:
+        self.auto.discard(slot)
+        leases = self.core.auto.get(slot)
+        if leases is not None:
+            leases.discard(self)
+            if not leases:
+                del self.core.auto[slot]
+
+    def forget(self, slot: int) -> None:
+        """Give back an automatic slot (with _lock held)."""
+        self._drop_auto(slot)
+        for key, s in list(self.keys.items()):
+            if s == slot:
+                del self.keys[key]
+                if key[1] is None:
+                    self.total.pop(key[0], None)
+        lib.nrg_sampler_unwatch(self.core.ptr, slot)
 
     def release(self) -> None:
         with _lock:
@@ -157,9 +249,18 @@ class _Lease:
             return
         self.done = True
         core = self.core
-        for slot in self.slots:
+        for slot in list(self.auto):
+            self.forget(slot)
+        for slot in self.explicit:
+            left = core.explicit.get(slot, 0) - 1
+            if left > 0:
+                core.explicit[slot] = left
+            else:
+                core.explicit.pop(slot, None)
             lib.nrg_sampler_unwatch(core.ptr, slot)
-        self.slots.clear()
+        self.explicit.clear()
+        self.keys.clear()
+        self.total.clear()
         core.users -= 1
         if core.users == 0:
             if _cores.get(self.key) is core:
@@ -184,12 +285,10 @@ def _halt_all_in_child() -> None:
 
 
 def _respawn_in_child() -> None:
-    # After fork() only the forking thread exists: make each sampler's lock
-    # usable and start its thread again on the same ring, so that pointers
-    # held by loops stay valid.  Our lock may have been held by a thread
-    # that is gone.
-    global _lock
-    _lock = threading.Lock()
+    # After fork() only the forking thread exists: start each sampler's
+    # thread again on the same ring, so that pointers held by loops stay
+    # valid.  (_lock is unlocked again already: nrgloops._forksafe's hook
+    # runs before this one.)
     for core in _cores.values():
         lib.nrg_sampler_forked(core.ptr)
         if not core.halted:
@@ -234,8 +333,9 @@ class Sampler:
         self._core: _Core | None = None
         self._lease: _Lease | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._slots: dict[tuple[float, str | None], int] = {}
-        self._total_slots: dict[float, int] = {}  # the hot path's lookup
+        # the lease's lookups while started (see _Lease), empty ones else
+        self._slots: dict[_Key, int] = {}
+        self._total_slots: dict[float, int] = {}  # the hot path's
         self._published: Any = None
         self._energy0: dict[int, float] = {}
         self._resets0 = 0
@@ -252,6 +352,7 @@ class Sampler:
             self._lease = lease
             self._finalizer = weakref.finalize(self, lease.dropped)
             self._published = core.published
+            self._slots, self._total_slots = lease.keys, lease.total
             self._core = core
         return self
 
@@ -265,8 +366,7 @@ class Sampler:
             return
         self._core = self._lease = None
         self._published = None
-        self._slots.clear()
-        self._total_slots.clear()
+        self._slots, self._total_slots = {}, {}
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -320,35 +420,17 @@ class Sampler:
     def watch(self, window: float, domain: str | None = None) -> int:
         """Have the thread publish the windowed power of ``domain`` at each
         sample; returns the slot to read in ``published``.  The slot is this
-        handle's until ``stop()``; equal (window, domain) share one."""
-        core = self._need_core()
+        handle's until ``stop()``; equal (window, domain) share one.  When
+        every slot is taken, one that only ``power()`` calls hold is taken
+        back (those calls compute that window from then on)."""
+        self._need_core()
         col = self.meter.domain_index(domain)
         w = self._window(window)
-        slot = self._slots.get((w, domain))
-        if slot is not None:
-            return slot
         lease = self._lease
-        assert lease is not None
-        rc = lib.nrg_sampler_watch(core.ptr, w, col)
-        slot = check(
-            rc,
-            "watching a power window",
-            reasons={
-                errno.ENOSPC: (
-                    f"this sampler already publishes {lib.NRG_MAX_SLOTS} distinct "
-                    "(window, domain): stop samplers no longer used, or reuse a window "
-                    "already in use (power() computes other windows at each call)"
-                )
-            },
-        )
-        with _lock:
-            if lease.done:  # stopped by another thread meanwhile: give it back
-                lib.nrg_sampler_unwatch(core.ptr, slot)
-                raise NrgError("the sampler was stopped while a window was being watched")
-            lease.slots.add(slot)
-        self._slots[(w, domain)] = slot
-        if domain is None:
-            self._total_slots[w] = slot
+        if lease is None:
+            raise NrgError("the sampler was stopped while a window was being watched")
+        slot = lease.watch(w, col, domain, auto=False)
+        assert slot is not None
         return slot
 
     @property
@@ -367,7 +449,9 @@ class Sampler:
         is 0 W before the second sample.  NaN while the power is stale (see
         the module docstring).
         """
-        if domain is None:
+        # (True == 1.0 as a dict key: a bool goes to the checks below, which
+        # refuse it; False could only match 0.0, never a window)
+        if domain is None and window is not True:
             try:  # the hot path: a window already watched
                 return self._published[self._total_slots[window]]  # type: ignore[no-any-return]
             except (KeyError, TypeError):  # not watched, unhashable, or stopped
@@ -375,11 +459,12 @@ class Sampler:
         core = self._need_core()
         col = self.meter.domain_index(domain)
         w = self._window(window)
+        lease = self._lease
         slot = self._slots.get((w, domain))
-        if slot is None and len(self._slots) < AUTO_WATCH_PER_HANDLE:
-            try:
-                slot = self.watch(w, domain)
-            except NrgError:  # every slot taken: compute it instead
+        if slot is None and lease is not None and len(lease.auto) < AUTO_WATCH_PER_HANDLE:
+            try:  # only while a slot is free: a watch() may take it back
+                slot = lease.watch(w, col, domain, auto=True)
+            except NrgError:  # stopped meanwhile
                 slot = None
         if slot is None:
             return float(lib.nrg_sampler_power(core.ptr, w, col))

@@ -29,14 +29,6 @@ from nrgloops.meters._base import Meter
 __all__ = ["FakeClock", "FakeMeter", "Sample", "SimulatedPlant"]
 
 
-def _watts(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"watts must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"watts must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 class FakeMeter(Meter):
     """A one-domain ("package-0") meter whose power the caller sets.
 
@@ -48,7 +40,7 @@ class FakeMeter(Meter):
     """
 
     def __init__(self, watts: float = 0.0, *, measured: bool = True) -> None:
-        w = _watts(watts)
+        w = number("watts", watts, "watts", lo=0.0)
         super().__init__(
             new_handle(lib.nrg_fake_new, w, what="fake meter"),
             kind="fake",
@@ -67,7 +59,7 @@ class FakeMeter(Meter):
 
     @watts.setter
     def watts(self, value: float) -> None:
-        w = _watts(value)
+        w = number("watts", value, "watts", lo=0.0)
         check(lib.nrg_fake_set_watts(self._source, w), "setting the fake meter's power")
         self._watts = w
 

@@ -14,12 +14,11 @@ overlap itself.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from nrgloops import _checks
+from nrgloops import _checks, _forksafe
 from nrgloops._ffi import ffi, lib
 from nrgloops._machine import cpu_count
 
@@ -82,7 +81,7 @@ class Searcher:
         self._hay = ffi.from_buffer("uint8_t[]", haystack)
         self.size = len(self._hay)
         self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
+from nrgloops import _forksafe
 from nrgloops._errors import MeterUnavailable, NrgError
 from nrgloops._ffi import ffi, lib, raise_errno
 
@@ -77,19 +75,6 @@ def keep_domains(kind: str, domains: Sequence[str]) -> tuple[list[str], list[str
     return [d for d in names if d in kept], dropped
 
 
-# Every meter, so that a forked child can make their read locks usable again
-# (fork copies a lock held by another thread as held, and that thread is gone).
-_meters: weakref.WeakSet[Meter] = weakref.WeakSet()
-
-
-def _locks_in_child() -> None:
-    for m in list(_meters):
-        m._read_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_locks_in_child)
-
-
 class Meter:
     """An energy source the sampler can read.
 
@@ -139,8 +124,8 @@ class Meter:
         self.fallback_reason: str | None = None
         self._buf = ffi.new("double[]", len(self.domains))
         self._t = ffi.new("double *")
-        self._read_lock = threading.Lock()  # the buffers above are shared
-        _meters.add(self)
+        # the buffers above are shared (unlocked again in a forked child)
+        self._read_lock = _forksafe.lock()
 
     @property
     def label(self) -> str:
