@@ -9,6 +9,8 @@ proportion that averages to just under 48 W, so it uses the cap that a grid
 level leaves unused.  The paper's bare ramp (band=0, dwell=0) swings up and
 down at every iteration; "step", "aimd" and "pi" with the default band and
 dwell settle on 7 (45 W) and only probe 8 now and then, less and less often.
+The last column is the knob's level at the end: for "mix" the real-valued
+level whose two neighbours it alternates (7.4: 8 threads 40% of the time).
 
     python examples/knob_ramp.py [seconds per policy]
 """
@@ -56,14 +58,14 @@ def main() -> None:
     print(f"powers {runs[0][1].label} (a fake meter: 10 W + 5 W per thread), cap 48 W")
     print(
         f"{'policy':18s} {'avg W':>6s} {'peak W':>7s} {'over cap':>9s} {'moves':>6s} "
-        f"{'reversals':>9s} {'final':>5s}"
+        f"{'reversals':>9s} {'level':>6s}"
     )
     for name, r in runs:
         k = r.knob or {}
         print(
             f"{name:18s} {r.avg_power_w:6.1f} {r.peak_power_w:7.1f} "
             f"{100 * (r.over_cap_fraction or 0):8.1f}% {k['moves']:6d} {k['reversals']:9d} "
-            f"{k['value']:5d}"
+            f"{k['level']:6.2f}"
         )
     print()
     print(runs[0][1])

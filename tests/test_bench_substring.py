@@ -320,7 +320,7 @@ def test_figure_axes_are_honest_and_caps_visible(caps: list[float], tmp_path: Pa
         # the legend names the policy in force, and the measured bottom level is drawn
         labels_p = [h.get_label() for h in ax_p.get_legend_handles_labels()[0]]
         assert any("policy mix" in label for label in labels_p)
-        assert any("bottom level (1 thread(s))" in label for label in labels_p)
+        assert any("bottom level (1 thread(s)), measured" in label for label in labels_p)
         # median with min-max bars: the nrgloops energy line sits at the median round
         labels = [h.get_label() for h in ax_e.get_legend_handles_labels()[0]]
         assert "disturbed run" in labels and "uncapped runs, min-max" in labels
