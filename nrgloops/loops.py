@@ -19,7 +19,9 @@ each window.  With a knob and an alternate, the alternate runs while the
 knob is at its bottom level and the power is still over the cap.
 
 A windowed power of NaN (a stale meter) is unknown: the loop degrades (the
-knob's bottom level, the alternate; perforate skips) and warns once.
+knob's bottom level, the alternate; perforate skips) and warns once.  Its
+ticks count the seconds of unknown power and the iterations that ran
+degraded meanwhile, for the report (``stale_s``, ``stale_iterations``).
 
 Counts are plain ``+= 1`` on the loop object: exact under the GIL (no
 thread switch can fall between the read and the write of an int attribute),
@@ -165,6 +167,8 @@ class _Loop:
             dwell = knob.dwell if knob.dwell is not None else self._window
             self._tick_s = min(TICK_S, dwell / 4.0)  # dwell 0: tick at every iteration
         self._reset_counters()
+        self._stale_s, self._stale_n = 0.0, 0
+        self._stale_since, self._stale_mark = math.nan, 0
 
     def _reset_counters(self) -> None:
         self._n = 0  # iterations
@@ -203,6 +207,10 @@ class _Loop:
         cap = self._limit if self._limit != math.inf else None
         self._rec = Recorder(sampler, self._window, self._domain, cap, self._t0)
         self._report = None
+        # stale meter: seconds of unknown power, iterations degraded meanwhile,
+        # and the open stretch (its start, NaN when none; the degraded count then)
+        self._stale_s, self._stale_n = 0.0, 0
+        self._stale_since, self._stale_mark = math.nan, 0
         with _running_lock:
             _running.add(self)
 
@@ -266,8 +274,36 @@ class _Loop:
         self._next_tick = i + stride
         self._tick_t, self._tick_i = now, i
 
+    def _degraded(self) -> int:
+        """Iterations so far that a stale power degrades: with a knob every one
+        (its bottom level, or the alternate), else the alternate's."""
+        return self._n if self.knob is not None else self._m
+
+    def _stale_tick(self, now: float, stale: bool) -> None:
+        """Book the stretch of unknown power this tick ends, or starts."""
+        if self._stale_since == self._stale_since:  # a stretch is open
+            d = self._degraded()
+            self._stale_n += d - self._stale_mark  # these ran with the flag of a stale tick
+            self._stale_mark = d
+            if not stale:
+                self._stale_s += now - self._stale_since
+                self._stale_since = math.nan
+        elif stale:
+            self._stale_since, self._stale_mark = now, self._degraded()
+
+    def _stale_so_far(self, now: float) -> tuple[float, int]:
+        """(seconds of unknown power, iterations degraded meanwhile) up to ``now``."""
+        if self._stale_since != self._stale_since:
+            return self._stale_s, self._stale_n
+        return (
+            self._stale_s + max(now - self._stale_since, 0.0),
+            self._stale_n + self._degraded() - self._stale_mark,
+        )
+
     def _on_tick(self, now: float) -> None:
         power = self._pub[self._slot]
+        if power != power or self._stale_since == self._stale_since:
+            self._stale_tick(now, power != power)  # (NaN: a stale meter)
         sampler = self._sampler
         if power == 0.0 and sampler is not None and sampler.samples < 2:
             return  # a fresh sampler publishes 0 W until its second row: not a power
@@ -322,6 +358,10 @@ class _Loop:
         knob = self.knob
         ctl = knob if knob is not None else self._share
         c = self._constraint
+        stale_s, stale_n = self._stale_so_far(self._t_end)
+        bound = ctl.bound if ctl is not None and isinstance(c, PowerCap) else None
+        if bound is False and stale_s > 0:
+            bound = None  # it ran degraded for want of a power: not "full speed all along"
         return rec.report(
             self._first,
             self._last,
@@ -336,7 +376,9 @@ class _Loop:
             running=running,
             name=self.name,
             cap_unreachable_w=ctl.unreachable_w if ctl is not None else None,
-            cap_bound=ctl.bound if ctl is not None and isinstance(c, PowerCap) else None,
+            cap_bound=bound,
+            stale_s=stale_s,
+            stale_iterations=stale_n,
         )
 
     @property
@@ -737,6 +779,9 @@ class TruncatedLoop(_ItemsLoop[T]):
         s = self._sampler
         return s.energy(self._domain) if s is not None else None
 
+    def _degraded(self) -> int:
+        return 0  # (a truncated loop has no degraded variant)
+
     def _run(self) -> Generator[T, None, None]:
         with self._lock:
             self._start()
@@ -810,6 +855,9 @@ class PerforatedLoop(_ItemsLoop[T]):
 
     def _value(self, power: float) -> Value:
         return "run" if power <= self._limit else "skip"
+
+    def _degraded(self) -> int:
+        return self._skipped
 
     def _run(self) -> Generator[T, None, None]:
         with self._lock:

@@ -29,12 +29,20 @@ if TYPE_CHECKING:
     from nrgloops.meters import Meter
     from nrgloops.sampler import Sampler
 
-__all__ = ["MAX_TIMELINE_POINTS", "SHORT_LOOP_NOTE", "Report", "WindowStats", "ring_history"]
+__all__ = [
+    "MAX_TIMELINE_POINTS",
+    "SHORT_LOOP_NOTE",
+    "STALE_NOTE",
+    "Report",
+    "WindowStats",
+    "ring_history",
+]
 
 MAX_TIMELINE_POINTS = 1000
 PULL_EVERY_S = 2.0  # pull at most this far apart...
 MIN_PULL_S = 0.5  # ...and at least this far apart, so that long windows share the default ring
 SHORT_LOOP_NOTE = "loop shorter than the meter's sampling period"
+STALE_NOTE = "power unknown (meter stale) for {s:.3g} s: ran degraded ({n} iterations)"
 
 Value = str | float | int | None
 Point = tuple[float, float, Value]
@@ -127,12 +135,20 @@ class Report:
             where value is the variant ("adapt"/"alternate"), the knob's
             level, "run"/"skip" (perforate) or the energy so far in J (truncate).
         name: the loop's name (the adapted function's qualified name).
-        note: why figures are missing, or "".
+        note: why figures are missing, or "" (a stale meter: see ``stale_s``).
         cap_unreachable_w: how far the cap was under what the bottom level
             (or the alternate) draws, W: the loop could not reach it and ran
             at the bottom; None when every cap was reachable (or unknown).
         cap_bound: False when the cap never bound (the loop ran at full
-            speed under it all along); None without a cap or a controller.
+            speed under it all along); None without a cap or a controller,
+            or when it never bound but the power was unknown for a while
+            (``stale_s`` > 0: the loop ran degraded then).
+        stale_s: seconds during which the windowed power was unknown (the
+            meter stale: no good reading for several periods), as seen at
+            the loop's ticks; the loop ran degraded meanwhile, and its
+            energy and power figures miss that time.
+        stale_iterations: iterations that ran degraded (the alternate, the
+            knob's bottom, a skip) while the power was unknown.
         carbon_g: emissions of a loop under a CarbonBudget, gCO2eq (the
             energy times the intensity; NaN when the energy is n/a), or None.
         budget_g: the carbon budget, gCO2eq, or None.
@@ -166,6 +182,8 @@ class Report:
     carbon_g: float | None = None
     budget_g: float | None = None
     intensity: dict[str, Any] | None = None
+    stale_s: float = 0.0
+    stale_iterations: int = 0
 
     @property
     def label(self) -> str:
@@ -367,7 +385,7 @@ class Report:
                 f"{k['moves']} moves, {k['reversals']} reversals"
             )
         if self.note:
-            lines.append(f"  n/a: {self.note}")
+            lines.append(f"  {'n/a: ' if missing else ''}{self.note}")
         if self.running:
             lines.append(
                 "  (a snapshot: the loop runs on, and this spans its start until now, idle "
@@ -587,7 +605,9 @@ class Recorder(WindowStats):
         """
         self._ends[:] = [first, last]
         over = self.over_share()
-        note = ""
+        stale_s = facts.get("stale_s", 0.0)
+        # a stale meter also leaves the rows without a span: say the real reason
+        note = STALE_NOTE.format(s=stale_s, n=facts.get("stale_iterations", 0)) if stale_s else ""
         if self.duration_s > 0:
             energy, avg = self.energy_j, self.average_w
             peak = avg if math.isnan(self.peak_w) else self.peak_w
@@ -596,7 +616,7 @@ class Recorder(WindowStats):
             # still 0 W before a fresh sampler's second row)
             energy = avg = peak = math.nan
             over = None if over is None else math.nan
-            note = f"{SHORT_LOOP_NOTE} ({period:g} s)"
+            note = note or f"{SHORT_LOOP_NOTE} ({period:g} s)"
         return Report(
             energy_j=energy,
             avg_power_w=avg,
