@@ -403,7 +403,10 @@ def _parser() -> argparse.ArgumentParser:
             'Needs the bench extra: pip install "nrgloops[bench]".'
         ),
     )
-    sb.add_argument("--caps", help="caps in W, e.g. 30,35,40 (default: between idle and uncapped)")
+    sb.add_argument(
+        "--caps",
+        help="caps in W, e.g. 30,35,40 (default: between the knob's bottom level and uncapped)",
+    )
     sb.add_argument("--governor", default="auto", choices=GOVERNORS, help="system governor (auto)")
     sb.add_argument("--meter", default="auto", choices=KINDS, help="energy meter (auto)")
     sb.add_argument(
