@@ -86,10 +86,13 @@ def test_running_loops_are_exported_and_leave_when_they_end() -> None:
             s = scrape(exp.url)
             lab = {"loop": "adapt", "kind": "adapt", "meter": "fake", "measured": "true"}
             assert one(s, "nrgloops_loop_cap_watts", **lab) == 20.0
-            assert one(s, "nrgloops_loop_knob_level", **lab) == knob.value
+            # the real level (the mix's average), not the grid value of this tick
+            assert one(s, "nrgloops_loop_knob_level", **lab) == knob.level
             n = one(s, "nrgloops_loop_iterations_total", variant="adapt", **lab)
-            m = one(s, "nrgloops_loop_iterations_total", variant="alternate", **lab)
+            # no alternate body: the count is of steps at the bottom and still over the cap
+            m = one(s, "nrgloops_loop_iterations_total", variant="over_cap_at_bottom", **lab)
             assert n + m == steps and m > 0  # 30 W over a 20 W cap
+            assert 'variant="alternate"' not in s
             over = one(s, "nrgloops_loop_over_cap_seconds_total", **lab)
             assert 0 < over <= report.duration_s + 0.05  # over the cap all along (less if stalled)
             assert one(s, "nrgloops_loop_power_watts", **lab) == pytest.approx(30.0, rel=0.05)
