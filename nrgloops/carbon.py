@@ -131,6 +131,7 @@ class CarbonBudget:
     EnergyBudget's ``joules``.
     """
 
+    __slots__ = ("_grams", "_intensity", "_window", "_meter", "_domain", "__weakref__")
     window = _Fixed("it is the meter's default window, which the reports use")
     meter = _Fixed("a running loop's sampler reads it")
     domain = _Fixed("a running loop's sampler reads its column")
@@ -146,10 +147,9 @@ class CarbonBudget:
         domain: str | None = None,
     ) -> None:
         self.grams = grams  # (the setter checks it)
-        if isinstance(intensity, CarbonIntensity):
-            self.intensity = intensity
-        else:
-            self.intensity = CarbonIntensity(intensity, source=source, kind=kind)
+        if not isinstance(intensity, CarbonIntensity):
+            intensity = CarbonIntensity(intensity, source=source, kind=kind)
+        self.intensity = intensity
         self._meter = _meter(meter)
         self._domain = _domain(self._meter, domain)
         self._window = default_window(self._meter)
@@ -162,6 +162,21 @@ class CarbonBudget:
     @grams.setter
     def grams(self, value: float) -> None:
         self._grams = _checks.number("grams", value, "grams of CO2eq", lo=0.0, lo_open=True)
+
+    @property
+    def intensity(self) -> CarbonIntensity:
+        """The grid's intensity.  Assign a CarbonIntensity to change it at run
+        time (a running loop charges the energy from then on at it)."""
+        return self._intensity
+
+    @intensity.setter
+    def intensity(self, value: CarbonIntensity) -> None:
+        if not isinstance(value, CarbonIntensity):
+            raise TypeError(
+                "intensity must be a nrgloops.CarbonIntensity (wrap a number, series or "
+                f"callable in one), not {type(value).__name__}"
+            )
+        self._intensity = value
 
     def __repr__(self) -> str:
         where = f" {self.domain}" if self.domain else ""

@@ -101,6 +101,8 @@ class PowerCap:
         domain: one domain of the meter (e.g. "package-0"), or None for its total.
     """
 
+    # (no other attribute: a typo such as ``cap.wats = 5`` raises)
+    __slots__ = ("_watts", "_window", "_meter", "_domain", "__weakref__")
     window = _Fixed("the sampler of a running loop averages over it")
     meter = _Fixed("a running loop's sampler reads it")
     domain = _Fixed("a running loop's sampler reads its column")
@@ -160,6 +162,7 @@ class EnergyBudget:
     stops at the new budget (counted from its start) from its next check.
     """
 
+    __slots__ = ("_joules", "_window", "_meter", "_domain", "__weakref__")
     window = _Fixed("it is the meter's default window, which the reports use")
     meter = _Fixed("a running loop's sampler reads it")
     domain = _Fixed("a running loop's sampler reads its column")

@@ -126,6 +126,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from nrgloops._checks import boolean, number
+from nrgloops._origin import user_stacklevel
 
 __all__ = ["GRID_POLICIES", "POLICIES", "Knob", "PowerModel"]
 
@@ -304,6 +305,47 @@ class PowerModel:
 N = TypeVar("N", int, float)  # a knob's level: int when lo, hi and step are ints
 
 
+class _Setting:
+    """A knob's setting: a checked setter that takes effect at the next
+    control step, or (``check`` None) read-only, saying why."""
+
+    def __init__(self, check: Callable[[Any], Any] | None, why: str = "") -> None:
+        self.check, self.why = check, why
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj, self.slot)
+
+    def __set__(self, obj: object, value: Any) -> None:
+        if self.check is None:
+            raise AttributeError(
+                f"Knob.{self.name} cannot be changed after the knob is made: {self.why}; "
+                "make a new Knob instead"
+            )
+        setattr(obj, self.slot, self.check(value))
+
+
+def _fraction(name: str, hi: float = 1.0) -> Callable[[Any], float]:
+    return lambda v: number(name, v, "a fraction of the cap", lo=0.0, hi=hi, hi_open=True)
+
+
+# which policies use each policy-specific argument (and its default)
+_USED_BY: dict[str, tuple[tuple[str, ...], Any]] = {
+    "band": (GRID_POLICIES, 0.05),
+    "factor": (("aimd",), 0.5),
+    "kp": (("pi",), 0.5),
+    "ki": (("pi",), 1.0),
+    "backoff": (GRID_POLICIES, True),
+    "max_hold": (GRID_POLICIES, 30.0),
+    "margin": (("mix",), 0.01),
+    "work": (("mix",), None),
+}
+
+
 class Knob(Generic[N]):
     """A level in ``[lo, hi]`` on a grid of ``step``, moved to hold a power cap.
 
@@ -341,10 +383,43 @@ class Knob(Generic[N]):
             apart when the power per level is concave (see the module's doc).
 
     ``value`` is the grid level to use now (an int when lo, hi and step are
-    ints, else a float); ``level`` the real-valued level it averages to;
-    ``reversals`` counts changes of direction, ``moves`` all moves;
-    ``state()`` all of it as a dict; ``predict(level)`` the learned power.
+    ints, else a float; move it with ``set()``); ``level`` the real-valued
+    level it averages to; ``reversals`` counts changes of direction,
+    ``moves`` all moves; ``state()`` all of it as a dict;
+    ``predict(level)`` the learned power.
+
+    Settings after the knob is made: ``band``, ``factor``, ``kp``, ``ki``,
+    ``backoff``, ``max_hold`` and ``margin`` may be assigned (checked as the
+    arguments are; they take effect at the next control step); ``lo``,
+    ``hi``, ``step``, ``policy`` and ``dwell`` are read-only (the grid, the
+    state and a loop's tick are built from them): assigning one raises an
+    AttributeError.  Any other attribute name raises too (``__slots__``).
+    An argument the policy does not use (``band=`` with "mix", ``margin=``
+    with "step", ...) given a value other than its default warns, naming
+    the policies that use it.
     """
+
+    __slots__ = (
+        "_lo", "_hi", "_step", "_policy", "_dwell", "_band", "_factor", "_kp", "_ki",
+        "_backoff", "_max_hold", "_margin", "_int", "_levels", "model", "_work", "_index",
+        "value", "reversals", "moves", "_direction", "_last_move", "_last_update",
+        "_integral", "_ceiling", "_hold", "_below_since", "_x", "_a", "_b", "_f", "_err",
+        "_t_tick", "_t_first", "_t_learned", "_switches", "_cap", "unreachable_w",
+        "_unreachable_cap", "bound", "stale", "_warned", "_bottom_text", "_window",
+    )  # fmt: skip
+
+    lo = _Setting(None, "the grid of levels is built from it")
+    hi = _Setting(None, "the grid of levels is built from it")
+    step = _Setting(None, "the grid of levels is built from it")
+    policy = _Setting(None, "the control state is the policy's")
+    dwell = _Setting(None, "a running loop sized its ticks from it")
+    band = _Setting(_fraction("band"))
+    factor = _Setting(lambda v: number("factor", v, lo=0.0, hi=1.0, lo_open=True, hi_open=True))
+    kp = _Setting(lambda v: number("kp", v, lo=0.0))
+    ki = _Setting(lambda v: number("ki", v, lo=0.0))
+    backoff = _Setting(lambda v: boolean("backoff", v))
+    max_hold = _Setting(lambda v: number("max_hold", v, "seconds", lo=0.0, lo_open=True))
+    margin = _Setting(_fraction("margin", 0.5))
 
     def __init__(
         self,
@@ -376,26 +451,33 @@ class Knob(Generic[N]):
         self._int = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, step))
         if not isinstance(policy, str) or policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        band_f = number("band", band, "a fraction of the cap", lo=0.0, hi=1.0, hi_open=True)
         if dwell is not None:
             dwell = number("dwell", dwell, "seconds", lo=0.0)
-        factor_f = number("factor", factor, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        kp_f, ki_f = number("kp", kp, lo=0.0), number("ki", ki, lo=0.0)
-        self.backoff = boolean("backoff", backoff)
-        max_hold_f = number("max_hold", max_hold, "seconds", lo=0.0, lo_open=True)
-        self.margin = number(
-            "margin", margin, "a fraction of the cap", lo=0.0, hi=0.5, hi_open=True
-        )
+        self.band, self.factor, self.kp, self.ki = band, factor, kp, ki  # (checked)
+        self.backoff, self.max_hold, self.margin = backoff, max_hold, margin
         noise_f = number("noise", noise, "a fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         drift_f = number("drift", drift, "a fraction", lo=0.0, hi=1.0, hi_open=True)
         phase_f = number("phase", phase, "a fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        self.lo, self.hi, self.step = lo_f, hi_f, step_f
-        self.policy = policy
-        self.band = band_f
-        self.dwell = dwell
-        self.factor = factor_f
-        self.kp, self.ki = kp_f, ki_f
-        self.max_hold = max_hold_f
+        given: dict[str, Any] = {
+            "band": band,
+            "factor": factor,
+            "kp": kp,
+            "ki": ki,
+            "backoff": backoff,
+        }
+        given.update({"max_hold": max_hold, "margin": margin, "work": work})
+        for name, value in given.items():
+            users, default = _USED_BY[name]
+            changed = value is not None if default is None else value != default
+            if policy not in users and changed:
+                warnings.warn(
+                    f"Knob(policy={policy!r}): {name}= is not used by this policy "
+                    f"(only by {', '.join(users)}); it has no effect",
+                    stacklevel=2,
+                )
+        self._lo, self._hi, self._step = lo_f, hi_f, step_f
+        self._policy = policy
+        self._dwell = dwell
         self._levels = int(math.floor((hi_f - lo_f) / step_f + 1e-9))  # top index
         if (hi_f - lo_f) / step_f - self._levels > 1e-6:  # hi is off the grid
             n = self._levels + 1
@@ -480,11 +562,11 @@ class Knob(Generic[N]):
             return [float(self._level(i)) for i in range(n)]
         if callable(work):
             got = [work(self._level(i)) for i in range(n)]
-            return [number(f"work({self._level(i)})", w) for i, w in enumerate(got)]
+            return [number(f"work({self._level(i)})", w, lo=0.0) for i, w in enumerate(got)]
         if isinstance(work, Sequence) and not isinstance(work, (str, bytes)):
             if len(work) != n:
                 raise ValueError(f"work must give one number per level ({n}), got {len(work)}")
-            return [number(f"work[{i}]", w) for i, w in enumerate(work)]
+            return [number(f"work[{i}]", w, lo=0.0) for i, w in enumerate(work)]
         raise TypeError(
             f"work must be a function of the level, a sequence per level or None, "
             f"not {type(work).__name__}"
@@ -511,7 +593,7 @@ class Knob(Generic[N]):
     @property
     def level(self) -> float:
         """The real-valued level the knob averages to (mix), else ``value``."""
-        return self.lo + self._x * self.step
+        return self._lo + self._x * self._step
 
     def set(self, value: float) -> None:
         """Put the knob at the level nearest ``value`` (clamped to [lo, hi])."""
@@ -647,7 +729,7 @@ class Knob(Generic[N]):
                 "the meter's windowed power is unknown (NaN: no good sample lately): "
                 f"running {self._bottom()} until it returns",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         if self.policy == "mix":
             if self._x > 0:
@@ -905,7 +987,7 @@ class Knob(Generic[N]):
                 f"the cap {cap:.4g} W is not reachable: {self._bottom()} draws "
                 f"{power:.4g} W ({short:.3g} W over it); running it",
                 RuntimeWarning,
-                stacklevel=6,
+                stacklevel=user_stacklevel(),
             )
 
     def _pi(self, power: float, cap: float, dt: float, over: bool, under: bool) -> int:

@@ -17,7 +17,7 @@ carry ``meter`` and ``measured`` labels ("true" for a hardware counter,
     nrgloops_meter_info{description}            1, with where the numbers come from
     nrgloops_loop_cap_watts{loop,kind}          gauge: a running loop's power cap
     nrgloops_loop_budget_joules{loop,kind}      gauge: a running loop's energy budget
-    nrgloops_loop_knob_level{loop,kind}         gauge: its knob's level
+    nrgloops_loop_knob_level{loop,kind}         gauge: its knob's real level (knob.level)
     nrgloops_loop_power_watts{loop,kind}        gauge: the windowed power the loop reads
     nrgloops_loop_iterations_total{loop,kind,variant}  counter: adapt / alternate, ran / skipped
     nrgloops_loop_over_cap_seconds_total{loop,kind}    counter: time the power was over the cap
@@ -124,7 +124,9 @@ def _loop_metrics(started: float) -> Iterator[Any]:
         "nrgloops_loop_budget_joules", "A running loop's energy budget, J", labels=labels
     )
     knob = GaugeMetricFamily(
-        "nrgloops_loop_knob_level", "The level of a running loop's knob", labels=labels
+        "nrgloops_loop_knob_level",
+        "The real-valued level a running loop's knob averages to (its mix of grid levels)",
+        labels=labels,
     )
     power = GaugeMetricFamily(
         "nrgloops_loop_power_watts",
@@ -133,7 +135,8 @@ def _loop_metrics(started: float) -> Iterator[Any]:
     )
     iterations = CounterMetricFamily(
         "nrgloops_loop_iterations",
-        "Iterations of a running loop per variant (adapt / alternate; ran / skipped)",
+        "Iterations of a running loop per variant (adapt / alternate, or adapt / "
+        "over_cap_at_bottom with a knob and no alternate; ran / skipped)",
         labels=[*labels, "variant"],
     )
     over = CounterMetricFamily(
@@ -163,7 +166,7 @@ def _loop_metrics(started: float) -> Iterator[Any]:
         elif isinstance(c, EnergyBudget):
             budget.add_metric(values, c.joules)
         if loop.knob is not None:
-            knob.add_metric(values, float(loop.knob.value))
+            knob.add_metric(values, float(loop.knob.level))
         power.add_metric(values, loop.power)
         for variant, n in loop._iterations().items():
             if variant == "left":

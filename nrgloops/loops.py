@@ -328,8 +328,7 @@ class _Loop:
 
     def _value(self, power: float) -> Value:
         if self.knob is not None:
-            level: int | float = self.knob.value
-            return level
+            return self.knob.level  # the real level (the grid one changes every tick)
         return "adapt" if self._full else "alternate"
 
     @property
@@ -454,6 +453,14 @@ class AdaptLoop(_Loop):
     def _first_call(self) -> None:
         raise NrgError("use `with nrg_adapt(cap) as loop:` before reading loop.under_cap")
 
+    def _iterations(self) -> dict[str, int | None]:
+        if self.knob is None:
+            return super()._iterations()
+        # with a knob, step() is False when the knob is at its bottom and the
+        # power still over the cap: whether a degraded body ran is the caller's
+        n, m = self._n, self._m
+        return {"adapt": n - m, "over_cap_at_bottom": m}
+
 
 class AdaptedFunction(_Loop, Generic[P, R]):
     """A function adapted to a power cap (made by ``@nrg_adapt(cap)``).
@@ -536,6 +543,11 @@ class AdaptedFunction(_Loop, Generic[P, R]):
     def close(self) -> None:
         """End the loop: stop its sampler, freeze its report."""
         self._stop()
+
+    def _iterations(self) -> dict[str, int | None]:
+        if self._alternate is None:  # a knob only: every call ran the body
+            return {"adapt": self._n}
+        return super()._iterations()
 
     def __enter__(self) -> AdaptedFunction[P, R]:
         with self._lock:

@@ -109,7 +109,12 @@ class Report:
 
     Attributes:
         kind: "adapt", "truncate" or "perforate".
-        iterations: ``{"adapt": n, "alternate": m}`` for adapted loops,
+        iterations: ``{"adapt": n, "alternate": m}`` for adapted loops
+            with an alternate body; ``{"adapt": n}`` for an adapted function
+            with a knob and no alternate; ``{"adapt": n, "over_cap_at_bottom":
+            m}`` for ``with nrg_adapt(cap, knob=k) as loop`` (``m``: the
+            ``step()`` calls that returned False, the knob at its bottom and
+            the power still over the cap);
             ``{"ran": r, "skipped": s, "left": l}`` for the others (``left``
             is None when the items have no length).
         duration_s: time from the loop's start to its end (or to now), s.
@@ -133,7 +138,9 @@ class Report:
         running: True for a snapshot of a loop still running.
         timeline: (time since the start in s, windowed power in W, value)
             where value is the variant ("adapt"/"alternate"), the knob's
-            level, "run"/"skip" (perforate) or the energy so far in J (truncate).
+            real level (``knob.level``, the mix's average: column
+            "knob_level"), "run"/"skip" (perforate) or the energy so far in
+            J (truncate).
         name: the loop's name (the adapted function's qualified name).
         note: why figures are missing, or "" (a stale meter: see ``stale_s``).
         cap_unreachable_w: how far the cap was under what the bottom level
@@ -381,7 +388,8 @@ class Report:
         if self.knob is not None:
             k = self.knob
             lines.append(
-                f"  knob ({k['policy']}): at {k['value']} in [{k['lo']}, {k['hi']}], "
+                f"  knob ({k['policy']}): level {k.get('level', k['value']):.4g} in "
+                f"[{k['lo']}, {k['hi']}] (grid value now {k['value']}), "
                 f"{k['moves']} moves, {k['reversals']} reversals"
             )
         if self.note:

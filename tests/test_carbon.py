@@ -172,3 +172,13 @@ def test_an_intensity_series_reaching_zero_runs_at_no_cost_then_charges_again() 
     r = run(budget)
     assert r.carbon_g is not None and 0.2 <= r.carbon_g < 0.2 * 1.2
     assert r.duration_s >= 0.2 + 0.2 * 0.9  # the free stretch, then ~0.2 s charged
+
+
+def test_a_carbon_budget_refuses_unknown_attributes_and_checks_its_intensity() -> None:
+    budget = CarbonBudget(1.0, intensity=100.0, meter=FakeMeter(WATTS))
+    with pytest.raises(AttributeError):
+        budget.gram = 2.0  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="intensity must be a nrgloops.CarbonIntensity"):
+        budget.intensity = 5.0  # type: ignore[assignment]
+    budget.intensity = CarbonIntensity(0.0, source="solar noon")
+    assert budget.intensity.at(0.0) == 0.0

@@ -113,3 +113,15 @@ def test_what_a_running_loop_reads_refuses_assignment(fake: FakeMeter, name: str
         with pytest.raises(AttributeError, match=rf"{type(c).__name__}\.{name} cannot be changed"):
             setattr(c, name, 1.0)
         assert getattr(c, name) == before
+
+
+def test_a_typo_in_an_attribute_raises() -> None:
+    from nrgloops.testing import FakeMeter
+
+    cap = PowerCap(10.0, meter=FakeMeter(1.0))
+    with pytest.raises(AttributeError):
+        cap.wats = 5  # type: ignore[attr-defined]
+    budget = EnergyBudget(10.0, meter=FakeMeter(1.0))
+    with pytest.raises(AttributeError):
+        budget.joule = 5  # type: ignore[attr-defined]
+    assert cap.watts == 10.0 and budget.joules == 10.0

@@ -116,8 +116,8 @@ def test_a_knob_on_the_grid_does_not_warn() -> None:
 @pytest.mark.parametrize("backoff", ["no", 0, 1, None, "False"])
 def test_backoff_must_be_a_bool(backoff: object) -> None:
     with pytest.raises(TypeError, match="backoff must be True or False"):
-        Knob(0, 4, 1, backoff=backoff)  # type: ignore[arg-type]
-    assert Knob(0, 4, 1, backoff=False).backoff is False
+        Knob(0, 4, 1, policy="step", backoff=backoff)  # type: ignore[arg-type]
+    assert Knob(0, 4, 1, policy="step", backoff=False).backoff is False
 
 
 @pytest.mark.parametrize(
@@ -477,3 +477,42 @@ def test_a_grid_policy_forgets_its_ceiling_when_the_cap_changes(policy: str) -> 
     # 41 W: 10 threads (38 W); 50 W: 14 threads (50 W) is the top fit
     assert mean_power(trace, 1.5, 3.0) == pytest.approx(38.0, rel=0.03)
     assert mean_power(trace, 6.0, 8.0) == pytest.approx(50.0, rel=0.03)
+
+
+# -- settings after the knob is made -------------------------------------------------
+def test_settings_are_checked_setters_or_read_only_and_unknown_names_raise() -> None:
+    k = Knob(0, 4, 1)
+    with pytest.raises(ValueError, match="margin"):
+        k.margin = -3
+    k.margin = 0.2  # takes effect: the next plan aims at 0.8 of the cap
+    for name, value in [("hi", 8), ("lo", 1), ("step", 2), ("policy", "bogus"), ("dwell", 1.0)]:
+        with pytest.raises(AttributeError, match=f"Knob.{name} cannot be changed"):
+            setattr(k, name, value)
+    with pytest.raises(AttributeError):
+        k.marign = 0.1  # type: ignore[attr-defined]
+    assert k.hi == 4 and k.policy == "mix" and k.margin == 0.2
+
+
+def test_a_margin_set_at_run_time_takes_effect() -> None:
+    knob = Knob(1, 2, 1)
+    drive(knob, THREADS, 15.0, 3.0, lo=1)
+    knob.margin = 0.1
+    trace = drive(knob, THREADS, 15.0, 3.0, lo=1)
+    assert mean_power(trace, after=1.0) == pytest.approx(15.0 * 0.9, rel=0.01)
+
+
+def test_arguments_the_policy_does_not_use_warn_and_negative_work_is_refused() -> None:
+    with pytest.warns(UserWarning, match=r"band= is not used by this policy \(only by step"):
+        Knob(0, 4, 1, band=0.2)
+    with pytest.warns(UserWarning, match=r"margin= is not used .* \(only by mix\)"):
+        Knob(0, 4, 1, policy="step", margin=0.1)
+    with pytest.raises(ValueError, match=r"work\[1\] must be .*>= 0"):
+        Knob(0, 1, 1, work=[1, -2])
+
+
+def test_warnings_at_ticks_point_at_the_callers_line() -> None:
+    knob = Knob(1, 2, 1, policy="step")
+    with pytest.warns(RuntimeWarning, match="not reachable") as caught:
+        drive(knob, THREADS, 10.0, 3.0, lo=1)
+    # drive() is the library's (nrgloops.testing): the first frame outside it is this file
+    assert [w.filename for w in caught if "not reachable" in str(w.message)] == [__file__]

@@ -13,8 +13,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "nrgloops"
 
 LAYERS: list[list[str]] = [
-    ["nrgloops._errors", "nrgloops._checks", "nrgloops._machine", "nrgloops._native"]
-    + ["nrgloops._forksafe"],
+    [
+        "nrgloops._errors",
+        "nrgloops._checks",
+        "nrgloops._machine",
+        "nrgloops._native",
+        "nrgloops._origin",
+        "nrgloops._forksafe",
+    ],
     ["nrgloops._ffi", "nrgloops.meters._sysfs"],
     ["nrgloops.meters*"],
     ["nrgloops.sampler"],

@@ -336,8 +336,10 @@ def test_knob_with_the_decorator(fake: FakeMeter) -> None:
     r = work.report
     assert r.knob is not None and r.knob["policy"] == "pi"
     assert 10.0 + 5.0 * knob.value <= 48.0
-    assert r.iterations["alternate"] == 0
-    assert all(isinstance(v, int) for _, _, v in r.timeline)
+    # no alternate registered: no alternate count (every call ran the body)
+    assert r.iterations == {"adapt": r.iterations["adapt"]} and r.iterations["adapt"] > 0
+    # the timeline holds the real level (the mix's average), not the grid value
+    assert all(isinstance(v, float) and 0.0 <= v <= 16.0 for _, _, v in r.timeline)
 
 
 # -- truncated loops ------------------------------------------------------------------
@@ -791,3 +793,18 @@ def test_raising_an_unreachable_cap_on_a_running_loop_clears_it_from_the_report(
     assert "not reachable" not in str(r)
     # the time over the old cap still counts (against the cap in force then)
     assert r.over_cap_fraction is not None and 0.2 < r.over_cap_fraction < 0.9
+
+
+def test_a_knob_loop_counts_no_alternate_and_reports_the_real_level() -> None:
+    fake = FakeMeter(13.0)  # the bottom level too draws 13 W: a 10 W cap is out of reach
+    knob = Knob(1, 2, 1)
+    cap = PowerCap(10.0, meter=fake)
+    with pytest.warns(RuntimeWarning, match="not reachable"), nrg_adapt(cap, knob=knob) as loop:
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            loop.step()
+            time.sleep(0.001)
+    r = loop.report
+    assert set(r.iterations) == {"adapt", "over_cap_at_bottom"}
+    assert r.iterations["over_cap_at_bottom"] > 0
+    assert f"level {knob.level:.4g} in [1, 2] (grid value now {knob.value})" in str(r)
