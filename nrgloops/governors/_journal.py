@@ -12,12 +12,12 @@ import json
 import os
 import re
 import stat
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nrgloops import _forksafe
 from nrgloops._errors import NrgError
 
 __all__ = [
@@ -213,7 +213,7 @@ class Journal:
         self.path = self.directory / f"{os.getpid()}-{self.created}.json"
         self._entries: dict[int, dict[str, Any]] = {}
         self._next = 0
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()  # a child forked mid-add must not inherit it held
 
     def add(self, entry: dict[str, Any]) -> int:
         """Record a change about to be made; returns its id for ``drop``."""
