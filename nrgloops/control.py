@@ -90,7 +90,11 @@ cap settles in about one window, a change of workload in two or three
 Unreachable and non-binding caps (after CoPPer: Imes, Zhang, Zhao,
 Hoffmann, ICAC 2019, whose controller detects targets it cannot reach and
 backs off rather than winds up): when the bottom level's learned power is over the cap, the
-knob sits at the bottom, warns once and records by how much (``unreachable_w``);
+knob sits at the bottom, warns once (pointing at the user's line: the call of
+the adapted function, ``loop.step()``) and records by how much
+(``unreachable_w``), judged only on windows spent wholly at the bottom, with
+one window before them for the lag (a probe up, or the lag of the move down,
+would overstate it); a change of the cap starts that record afresh;
 when the top level's is under it, the knob sits at the top and ``bound``
 stays False.  The state is ``x`` in its range and the model: nothing winds up.
 

@@ -808,3 +808,19 @@ def test_a_knob_loop_counts_no_alternate_and_reports_the_real_level() -> None:
     assert set(r.iterations) == {"adapt", "over_cap_at_bottom"}
     assert r.iterations["over_cap_at_bottom"] > 0
     assert f"level {knob.level:.4g} in [1, 2] (grid value now {knob.value})" in str(r)
+
+
+def test_a_warning_at_a_tick_points_at_the_call_of_the_adapted_function() -> None:
+    fake = FakeMeter(13.0)  # over a 10 W cap at every level
+    knob = Knob(1, 2, 1)
+
+    @nrg_adapt(PowerCap(10.0, meter=fake), knob=knob)
+    def work() -> None:
+        time.sleep(0.001)
+
+    with pytest.warns(RuntimeWarning, match="not reachable") as caught:
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            work()
+    work.close()
+    assert {w.filename for w in caught if "not reachable" in str(w.message)} == {__file__}
