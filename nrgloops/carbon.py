@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nrgloops import _checks
-from nrgloops.constraints import _domain, _Fixed, _meter, default_window
+from nrgloops._attributes import fixed
+from nrgloops.constraints import _domain, _meter, default_window
 from nrgloops.meters import Meter
 
 __all__ = ["INTENSITY_KINDS", "J_PER_KWH", "CarbonBudget", "CarbonIntensity"]
@@ -132,9 +133,9 @@ class CarbonBudget:
     """
 
     __slots__ = ("_grams", "_intensity", "_window", "_meter", "_domain", "__weakref__")
-    window = _Fixed("it is the meter's default window, which the reports use")
-    meter = _Fixed("a running loop's sampler reads it")
-    domain = _Fixed("a running loop's sampler reads its column")
+    window = fixed("it is the meter's default window, which the reports use")
+    meter = fixed("a running loop's sampler reads it")
+    domain = fixed("a running loop's sampler reads its column")
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ import warnings
 from typing import Any
 
 from nrgloops import _forksafe
+from nrgloops._attributes import fixed
 from nrgloops._checks import number
 from nrgloops.meters import Meter, open_meter
 
@@ -56,27 +57,6 @@ def _amount(name: str, value: Any, unit: str) -> float:
     return number(name, value, unit, lo=0.0, lo_open=True)
 
 
-class _Fixed:
-    """A read-only attribute that says why it cannot change at run time."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name, self.slot = name, "_" + name
-
-    def __get__(self, obj: object, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return getattr(obj, self.slot)
-
-    def __set__(self, obj: object, value: Any) -> None:
-        raise AttributeError(
-            f"{type(obj).__name__}.{self.name} cannot be changed after it is made: "
-            f"{self.why}; make a new {type(obj).__name__} instead"
-        )
-
-
 def _domain(meter: Meter, domain: str | None) -> str | None:
     meter.domain_index(domain)  # raises naming the meter's domains
     return domain
@@ -103,9 +83,9 @@ class PowerCap:
 
     # (no other attribute: a typo such as ``cap.wats = 5`` raises)
     __slots__ = ("_watts", "_window", "_meter", "_domain", "__weakref__")
-    window = _Fixed("the sampler of a running loop averages over it")
-    meter = _Fixed("a running loop's sampler reads it")
-    domain = _Fixed("a running loop's sampler reads its column")
+    window = fixed("the sampler of a running loop averages over it")
+    meter = fixed("a running loop's sampler reads it")
+    domain = fixed("a running loop's sampler reads its column")
 
     def __init__(
         self,
@@ -163,9 +143,9 @@ class EnergyBudget:
     """
 
     __slots__ = ("_joules", "_window", "_meter", "_domain", "__weakref__")
-    window = _Fixed("it is the meter's default window, which the reports use")
-    meter = _Fixed("a running loop's sampler reads it")
-    domain = _Fixed("a running loop's sampler reads its column")
+    window = fixed("it is the meter's default window, which the reports use")
+    meter = fixed("a running loop's sampler reads it")
+    domain = fixed("a running loop's sampler reads its column")
 
     def __init__(
         self, joules: float, meter: str | Meter = "auto", domain: str | None = None

@@ -129,6 +129,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
+from nrgloops._attributes import Setting
 from nrgloops._checks import boolean, number
 from nrgloops._origin import user_stacklevel
 
@@ -309,30 +310,6 @@ class PowerModel:
 N = TypeVar("N", int, float)  # a knob's level: int when lo, hi and step are ints
 
 
-class _Setting:
-    """A knob's setting: a checked setter that takes effect at the next
-    control step, or (``check`` None) read-only, saying why."""
-
-    def __init__(self, check: Callable[[Any], Any] | None, why: str = "") -> None:
-        self.check, self.why = check, why
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name, self.slot = name, "_" + name
-
-    def __get__(self, obj: object, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return getattr(obj, self.slot)
-
-    def __set__(self, obj: object, value: Any) -> None:
-        if self.check is None:
-            raise AttributeError(
-                f"Knob.{self.name} cannot be changed after the knob is made: {self.why}; "
-                "make a new Knob instead"
-            )
-        setattr(obj, self.slot, self.check(value))
-
-
 def _fraction(name: str, hi: float = 1.0) -> Callable[[Any], float]:
     return lambda v: number(name, v, "a fraction of the cap", lo=0.0, hi=hi, hi_open=True)
 
@@ -412,18 +389,18 @@ class Knob(Generic[N]):
         "_unreachable_cap", "bound", "stale", "_warned", "_bottom_text", "_window",
     )  # fmt: skip
 
-    lo = _Setting(None, "the grid of levels is built from it")
-    hi = _Setting(None, "the grid of levels is built from it")
-    step = _Setting(None, "the grid of levels is built from it")
-    policy = _Setting(None, "the control state is the policy's")
-    dwell = _Setting(None, "a running loop sized its ticks from it")
-    band = _Setting(_fraction("band"))
-    factor = _Setting(lambda v: number("factor", v, lo=0.0, hi=1.0, lo_open=True, hi_open=True))
-    kp = _Setting(lambda v: number("kp", v, lo=0.0))
-    ki = _Setting(lambda v: number("ki", v, lo=0.0))
-    backoff = _Setting(lambda v: boolean("backoff", v))
-    max_hold = _Setting(lambda v: number("max_hold", v, "seconds", lo=0.0, lo_open=True))
-    margin = _Setting(_fraction("margin", 0.5))
+    lo = Setting(None, "the grid of levels is built from it")
+    hi = Setting(None, "the grid of levels is built from it")
+    step = Setting(None, "the grid of levels is built from it")
+    policy = Setting(None, "the control state is the policy's")
+    dwell = Setting(None, "a running loop sized its ticks from it")
+    band = Setting(_fraction("band"))
+    factor = Setting(lambda v: number("factor", v, lo=0.0, hi=1.0, lo_open=True, hi_open=True))
+    kp = Setting(lambda v: number("kp", v, lo=0.0))
+    ki = Setting(lambda v: number("ki", v, lo=0.0))
+    backoff = Setting(lambda v: boolean("backoff", v))
+    max_hold = Setting(lambda v: number("max_hold", v, "seconds", lo=0.0, lo_open=True))
+    margin = Setting(_fraction("margin", 0.5))
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ LAYERS: list[list[str]] = [
         "nrgloops._machine",
         "nrgloops._native",
         "nrgloops._origin",
+        "nrgloops._attributes",
         "nrgloops._forksafe",
     ],
     ["nrgloops._ffi", "nrgloops.meters._sysfs"],
