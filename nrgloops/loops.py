@@ -37,6 +37,7 @@ import math
 import os
 import time
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -44,6 +45,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from nrgloops import _forksafe
 from nrgloops._errors import NrgError
 from nrgloops._ffi import ffi, lib
+from nrgloops._origin import user_stacklevel
 from nrgloops.carbon import J_PER_KWH, CarbonBudget
 from nrgloops.constraints import EnergyBudget, PowerCap
 from nrgloops.control import Knob
@@ -169,6 +171,7 @@ class _Loop:
         self._reset_counters()
         self._stale_s, self._stale_n = 0.0, 0
         self._stale_since, self._stale_mark = math.nan, 0
+        self._stale_warned = False
 
     def _reset_counters(self) -> None:
         self._n = 0  # iterations
@@ -290,6 +293,21 @@ class _Loop:
                 self._stale_since = math.nan
         elif stale:
             self._stale_since, self._stale_mark = now, self._degraded()
+            if self.knob is None and self._share is None and not self._stale_warned:
+                # (a knob or a share warns itself; truncate and perforate have neither)
+                self._stale_warned = True
+                what = (
+                    "its energy stops growing, so the budget cannot end it meanwhile"
+                    if self.kind == "truncate"
+                    else "items are skipped meanwhile"
+                )
+                warnings.warn(
+                    f"{self.kind} loop: the {self._meter.kind} meter has had no good sample "
+                    f"for several periods, so the power is unknown: {what}; the report's "
+                    "stale_s says for how long",
+                    RuntimeWarning,
+                    stacklevel=user_stacklevel(),
+                )
 
     def _stale_so_far(self, now: float) -> tuple[float, int]:
         """(seconds of unknown power, iterations degraded meanwhile) up to ``now``."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nrgloops import Knob, PowerCap, Report, nrg_adapt, perforate
+from nrgloops import EnergyBudget, Knob, PowerCap, Report, nrg_adapt, perforate, truncate
 from nrgloops._fakes import powercap_tree as pt
 from nrgloops.meters import Meter
 from nrgloops.meters.powercap import open_powercap
@@ -94,6 +94,26 @@ def test_a_perforated_loop_counts_its_stale_skips(tmp_path: Path) -> None:
     assert 0.05 < r.stale_s <= r.duration_s
     assert 0 < r.stale_iterations <= (r.iterations["skipped"] or 0)
     assert "power unknown (meter stale)" in str(r)
+
+
+def test_a_truncated_loop_warns_once_that_its_budget_cannot_end_it(tmp_path: Path) -> None:
+    meter, break_it = _meter(tmp_path)
+    loop = truncate(range(10**9), EnergyBudget(1e6, meter=meter))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        end = None
+        for i in loop:
+            if i == 0:
+                break_it()
+                end = time.monotonic() + 0.15
+            time.sleep(0.0005)
+            assert end is not None
+            if time.monotonic() > end:
+                break
+    unknown = [w for w in seen if "power is unknown" in str(w.message)]
+    assert len(unknown) == 1 and "budget cannot end it" in str(unknown[0].message)
+    assert unknown[0].filename == __file__  # points at the user's for loop
+    assert 0.05 < loop.report.stale_s <= loop.report.duration_s
 
 
 def test_a_loop_with_a_good_meter_has_no_stale_time(tmp_path: Path) -> None:
