@@ -23,7 +23,7 @@ from typing import Any
 
 from nrgloops import _checks
 from nrgloops._attributes import fixed
-from nrgloops.constraints import _domain, _meter, default_window
+from nrgloops.constraints import check_domain, default_window, shared_meter
 from nrgloops.meters import Meter
 
 __all__ = ["INTENSITY_KINDS", "J_PER_KWH", "CarbonBudget", "CarbonIntensity"]
@@ -151,8 +151,8 @@ class CarbonBudget:
         if not isinstance(intensity, CarbonIntensity):
             intensity = CarbonIntensity(intensity, source=source, kind=kind)
         self.intensity = intensity
-        self._meter = _meter(meter)
-        self._domain = _domain(self._meter, domain)
+        self._meter = shared_meter(meter)
+        self._domain = check_domain(self._meter, domain)
         self._window = default_window(self._meter)
 
     @property

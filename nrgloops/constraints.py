@@ -31,7 +31,7 @@ from nrgloops._attributes import fixed
 from nrgloops._checks import number
 from nrgloops.meters import Meter, open_meter
 
-__all__ = ["EnergyBudget", "PowerCap", "default_window"]
+__all__ = ["EnergyBudget", "PowerCap", "check_domain", "default_window", "shared_meter"]
 
 MIN_DEFAULT_WINDOW_S = 0.1
 
@@ -41,7 +41,7 @@ _shared: dict[str, Meter] = {}
 _shared_lock = _forksafe.lock()
 
 
-def _meter(meter: str | Meter) -> Meter:
+def shared_meter(meter: str | Meter) -> Meter:
     if isinstance(meter, Meter):
         return meter
     if not isinstance(meter, str):
@@ -57,7 +57,7 @@ def _amount(name: str, value: Any, unit: str) -> float:
     return number(name, value, unit, lo=0.0, lo_open=True)
 
 
-def _domain(meter: Meter, domain: str | None) -> str | None:
+def check_domain(meter: Meter, domain: str | None) -> str | None:
     meter.domain_index(domain)  # raises naming the meter's domains
     return domain
 
@@ -97,8 +97,8 @@ class PowerCap:
         self.watts = watts  # (the setter checks it)
         if window is not None:
             window = _amount("window", window, "seconds")
-        self._meter = _meter(meter)
-        self._domain = _domain(self._meter, domain)
+        self._meter = shared_meter(meter)
+        self._domain = check_domain(self._meter, domain)
         least = 3.0 * self.meter.resolution_s
         if window is None:
             window = default_window(self.meter)
@@ -151,8 +151,8 @@ class EnergyBudget:
         self, joules: float, meter: str | Meter = "auto", domain: str | None = None
     ) -> None:
         self.joules = joules  # (the setter checks it)
-        self._meter = _meter(meter)
-        self._domain = _domain(self._meter, domain)
+        self._meter = shared_meter(meter)
+        self._domain = check_domain(self._meter, domain)
         self._window = default_window(self._meter)
 
     @property

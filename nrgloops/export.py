@@ -40,8 +40,12 @@ from types import TracebackType
 from typing import Any
 
 from nrgloops import _checks, _forksafe
-from nrgloops.constraints import EnergyBudget, PowerCap, default_window
-from nrgloops.constraints import _meter as shared_meter  # one meter per kind string
+from nrgloops.constraints import (
+    EnergyBudget,
+    PowerCap,
+    default_window,
+    shared_meter,  # one meter per kind string
+)
 from nrgloops.meters import Meter
 from nrgloops.sampler import Sampler
 

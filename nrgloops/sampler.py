@@ -40,7 +40,7 @@ from nrgloops._errors import NrgError
 from nrgloops._ffi import check, ffi, lib
 from nrgloops.meters._base import Meter
 
-__all__ = ["DEFAULT_HISTORY_S", "Sampler"]
+__all__ = ["DEFAULT_HISTORY_S", "Sampler", "halt_all_in_child"]
 
 log = logging.getLogger("nrgloops")
 
@@ -278,7 +278,7 @@ def _halt_all() -> None:
             core.halt()
 
 
-def _halt_all_in_child() -> None:
+def halt_all_in_child() -> None:
     """For a forked child that must not sample (a governor's workload): stop
     the sampler threads that were started again in it."""
     _halt_all()

@@ -66,9 +66,9 @@ def test_a_lock_held_at_fork_is_free_in_the_child(make: Callable[[], Any]) -> No
 
 
 def test_shared_meter_lookup_after_fork() -> None:
-    """Another thread inside constraints._meter("...") at fork time."""
+    """Another thread inside constraints.shared_meter("...") at fork time."""
     with _held_by_another_thread(constraints._shared_lock):
-        _in_child(lambda: constraints._meter("model"))
+        _in_child(lambda: constraints.shared_meter("model"))
 
 
 def test_running_loops_after_fork() -> None:

@@ -19,7 +19,7 @@ from nrgloops.meters import pyrapl as mod
 from nrgloops.meters.pyrapl import PyRaplMeter, open_pyrapl
 
 try:
-    mod._import_pyrapl()
+    mod.import_pyrapl()
     HAVE_PYRAPL = True
 except ImportError:
     HAVE_PYRAPL = False

@@ -215,9 +215,9 @@ def pyrapl_sensor(tree: PowercapTree, packages: int = 1) -> Any:
     import builtins
     from types import SimpleNamespace
 
-    from nrgloops.meters.pyrapl import _import_pyrapl
+    from nrgloops.meters.pyrapl import import_pyrapl
 
-    _import_pyrapl()
+    import_pyrapl()
     import pyRAPL.device_api as api
     import pyRAPL.sensor
 

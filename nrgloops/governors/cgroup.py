@@ -39,7 +39,7 @@ from nrgloops.governors._base import (
 )
 from nrgloops.governors._journal import Journal, undo_held
 from nrgloops.governors._signals import signals_deferred, signals_raise
-from nrgloops.sampler import _halt_all_in_child
+from nrgloops.sampler import halt_all_in_child
 
 __all__ = ["CgroupGovernor"]
 
@@ -295,7 +295,7 @@ class CgroupGovernor(Governor):
         try:
             # fork() started the parent's sampler threads again in this
             # process: stop them, or the workload's CPU quota pays for them.
-            _halt_all_in_child()
+            halt_all_in_child()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
             _set_pdeathsig()

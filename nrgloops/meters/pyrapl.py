@@ -30,7 +30,7 @@ from nrgloops._ffi import check, ffi, lib, new_handle
 from nrgloops.meters._base import Meter, keep_domains
 from nrgloops.meters.powercap import wrap_modulus_nj
 
-__all__ = ["PyRaplMeter", "open_pyrapl"]
+__all__ = ["PyRaplMeter", "import_pyrapl", "open_pyrapl"]
 
 UJ = 1e-6
 _DEVICES = ("package", "dram")  # pyRAPL's Device.PKG = 0, Device.DRAM = 1
@@ -167,7 +167,7 @@ class PyRaplMeter(Meter):
         self.close()
 
 
-def _import_pyrapl() -> Any:
+def import_pyrapl() -> Any:
     """Import pyRAPL without its import-time warnings on the root logger
     (about optional pymongo / pandas outputs), which would also install a
     stderr handler on the application's root logger."""
@@ -192,7 +192,7 @@ def _import_pyrapl() -> Any:
 
 def _make_sensor() -> Any:
     try:
-        pyRAPL = _import_pyrapl()  # the package's own name
+        pyRAPL = import_pyrapl()  # the package's own name
     except ImportError:
         raise MeterUnavailable(
             "pyrapl meter: pyRAPL is not installed: pip install nrgloops[pyrapl]"
