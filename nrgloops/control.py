@@ -783,10 +783,14 @@ class Knob(Generic[N]):
         if total < 0.9:
             return False
         self._t_learned = now
-        trust = min(1.0, span / window)  # a partial window averages fewer samples
+        # a partial window (the loop's first) averages fewer samples; a whole one
+        # is told by where it starts, not by span / window, which rounds below 1
+        # once time.monotonic() is large (seen: 0.05 s windows after 2 h of uptime)
+        whole = now - window >= self._t_first
+        trust = 1.0 if whole else min(1.0, span / window)
         shares = {i: s / total for i, s in w.items()}
         phase = self.model.observe(shares, power, trust)
-        if self._x == 0.0 and trust == 1.0 and self._wholly_at_bottom(now, window):
+        if self._x == 0.0 and whole and self._wholly_at_bottom(now, window):
             self._at_bottom(power, cap)
         return phase
 

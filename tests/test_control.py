@@ -516,3 +516,14 @@ def test_warnings_at_ticks_point_at_the_callers_line() -> None:
         drive(knob, THREADS, 10.0, 3.0, lo=1)
     # drive() is the library's (nrgloops.testing): the first frame outside it is this file
     assert [w.filename for w in caught if "not reachable" in str(w.message)] == [__file__]
+
+
+@pytest.mark.parametrize("start", [0.0, 8588.769781002, 1e6])
+def test_an_unreachable_cap_is_seen_whatever_the_clock_reads(start: float) -> None:
+    # a whole window must count as whole however large time.monotonic() has
+    # grown (span / window rounds below 1 there: seen after 2 h of uptime)
+    plant = SimulatedPlant([13.0, 20.0], lo=1, clock=FakeClock(start))
+    knob = Knob(1, 2, 1)
+    with pytest.warns(RuntimeWarning, match="not reachable"):
+        plant.drive(knob, 10.0, 1.0, window=0.05)
+    assert knob.unreachable_w == pytest.approx(3.0, rel=0.05)
