@@ -84,12 +84,18 @@ class Searcher:
         self._lock = _forksafe.lock()
 
     def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=self.max_threads, thread_name_prefix="nrg-search"
-                )
-            return self._pool
+        # The lock only guards making the pool, not every call: a Ctrl-C that
+        # lands between a lock's acquire and its `with` block leaves it held
+        # (a CPython limit), and close() in the cleanup must never wait on it.
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=self.max_threads, thread_name_prefix="nrg-search"
+                    )
+                pool = self._pool
+        return pool
 
     def _range(self, pat: bytes, lo: int, hi: int) -> int:
         return int(lib.nrg_search_count(self._hay, self.size, pat, len(pat), lo, hi))
@@ -114,8 +120,9 @@ class Searcher:
         return total + sum(f.result() for f in futures)
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
+        # no lock (see _executor): taking the pool is one swap under the GIL,
+        # and shutting a pool down twice is harmless
+        pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
 
