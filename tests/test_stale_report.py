@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,19 @@ def _run(call: Callable[[], object], seconds: float) -> None:
     while time.monotonic() < end:
         call()
         time.sleep(0.0005)
+
+
+def _break_after_first(loop: Iterable[int], break_it: Callable[[], None], seconds: float) -> None:
+    """Iterate ``loop``, making the meter fail after the first item, for ``seconds``."""
+    end = None
+    for i in loop:
+        if i == 0:
+            break_it()
+            end = time.monotonic() + seconds
+        time.sleep(0.0005)
+        assert end is not None
+        if time.monotonic() > end:
+            break
 
 
 def _check_stale(r: Report, degraded: int) -> None:
@@ -81,15 +94,7 @@ def test_a_perforated_loop_counts_its_stale_skips(tmp_path: Path) -> None:
     loop = perforate(range(10**9), PowerCap(50, meter=meter), rate=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        end = None
-        for i in loop:
-            if i == 0:
-                break_it()
-                end = time.monotonic() + 0.15
-            time.sleep(0.0005)
-            assert end is not None
-            if time.monotonic() > end:
-                break
+        _break_after_first(loop, break_it, 0.15)
     r = loop.report
     assert 0.05 < r.stale_s <= r.duration_s
     assert 0 < r.stale_iterations <= (r.iterations["skipped"] or 0)
@@ -101,15 +106,7 @@ def test_a_truncated_loop_warns_once_that_its_budget_cannot_end_it(tmp_path: Pat
     loop = truncate(range(10**9), EnergyBudget(1e6, meter=meter))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        end = None
-        for i in loop:
-            if i == 0:
-                break_it()
-                end = time.monotonic() + 0.15
-            time.sleep(0.0005)
-            assert end is not None
-            if time.monotonic() > end:
-                break
+        _break_after_first(loop, break_it, 0.15)
     unknown = [w for w in seen if "power is unknown" in str(w.message)]
     assert len(unknown) == 1 and "budget cannot end it" in str(unknown[0].message)
     assert unknown[0].filename == __file__  # points at the user's for loop
